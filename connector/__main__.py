@@ -1,0 +1,5 @@
+"""Entry point for ``python -m connector``."""
+
+from connector.cli import main
+
+raise SystemExit(main())
