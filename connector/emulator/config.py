@@ -1,0 +1,73 @@
+"""``EmulatorConfig``: the emulator's startup settings, shared by the CLI, ``create_app`` and tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_SESSION_TTL = 900.0  # Stripe's meter event session tokens live 15 minutes.
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorConfig:
+    """Startup settings; the fault fields are also the values ``POST /_emulator/reset`` returns to."""
+
+    session_ttl: float = DEFAULT_SESSION_TTL
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    rate_limited_rate: float = 0.0
+    drop_rate: float = 0.0
+    retry_after: float | None = None
+    rate_limit_rps: float = 0.0
+    outage: bool = False
+    # When set, only this secret key is accepted; otherwise any sk_/rk_ test or live key is.
+    api_key: str | None = None
+    # When true, a customer id is known only once created with POST /v1/customers; otherwise any
+    # id shaped like ``cus_<letters and digits>`` is.
+    require_known_customers: bool = False
+    # Seed for the fault-injection random draws, for reproducible fault sequences.
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = check_settings(
+            {
+                "session_ttl": self.session_ttl,
+                "latency_ms": self.latency_ms,
+                "error_rate": self.error_rate,
+                "rate_limited_rate": self.rate_limited_rate,
+                "drop_rate": self.drop_rate,
+                "retry_after": self.retry_after,
+                "rate_limit_rps": self.rate_limit_rps,
+            }
+        )
+        if self.api_key is not None and not is_secret_key(self.api_key):
+            problems.append("api_key must start with sk_test_, sk_live_, rk_test_ or rk_live_")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+_FRACTIONS = ("error_rate", "rate_limited_rate", "drop_rate")
+_NON_NEGATIVE = ("latency_ms", "rate_limit_rps")
+
+
+def check_settings(values: dict[str, object]) -> list[str]:
+    """Range problems in fault/setting values (absent keys are not checked); empty when all are fine."""
+    problems: list[str] = []
+    for name, value in values.items():
+        if name == "retry_after" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{name} must be a number")
+        elif name in _FRACTIONS and not 0.0 <= value <= 1.0:
+            problems.append(f"{name} must be between 0 and 1")
+        elif name in _NON_NEGATIVE and value < 0:
+            problems.append(f"{name} must be >= 0")
+        elif name in ("session_ttl", "retry_after") and value <= 0:
+            problems.append(f"{name} must be > 0")
+    return problems
+
+
+SECRET_KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
+
+
+def is_secret_key(key: str) -> bool:
+    return key.startswith(SECRET_KEY_PREFIXES) and len(key) > len("sk_test_")
