@@ -15,6 +15,8 @@ from connector import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "emulator": ("connector.emulator.server", "run the local Stripe emulator (HTTP server)"),
     "broker": ("connector.embedded", "run an embedded Kafka-compatible broker (Tansu) for local use"),
+    "check": ("connector.check", "validate the configuration (environment) and schemas, print a report"),
+    "run": ("connector.run", "run the connector: consume the configured topics into Stripe meter events"),
 }
 
 

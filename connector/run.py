@@ -1,0 +1,55 @@
+"""``kafka-stripe run``: load the settings and hand them to the pipeline's run loop."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+from connector.check import render_configuration, report_problems
+from connector.errors import ConfigurationError
+from connector.settings import Settings, load_settings
+
+PIPELINE_MODULE = "connector.pipeline"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options: everything is configured through the environment (see the README)."""
+
+
+def run(args: argparse.Namespace) -> int:
+    # The edge of the program: the only place, with ``check``, where the environment is read.
+    environ = dict(os.environ)
+    try:
+        settings = load_settings(environ)
+    except ConfigurationError as error:
+        report_problems("run", error, environ, sys.stderr)
+        return 2
+    announce(settings)
+    try:
+        pipeline = importlib.import_module(PIPELINE_MODULE)
+    except ModuleNotFoundError as error:
+        if error.name != PIPELINE_MODULE:
+            raise  # the pipeline exists but one of its own imports is missing: show the real cause
+        print(
+            f"kafka-stripe run: the configuration is valid, but this build has no pipeline "
+            f"({PIPELINE_MODULE} is not installed yet); nothing to run",
+            file=sys.stderr,
+        )
+        return 1
+    status: int = pipeline.run(settings)
+    return status
+
+
+def announce(settings: Settings) -> None:
+    """Print the effective configuration, secrets masked, before starting (stderr, the log stream)."""
+    redacted = settings.redacted()
+    if settings.telemetry.log_format == "json":
+        print(json.dumps({"message": "starting", "configuration": redacted}, default=str), file=sys.stderr)
+    else:
+        body = "\n".join("  " + line for line in render_configuration(redacted).splitlines())
+        print(
+            f"kafka-stripe run: starting with this configuration (secrets masked):\n{body}", file=sys.stderr
+        )
