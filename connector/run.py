@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from connector.check import render_configuration, report_problems
+from connector.check import report_problems
 from connector.errors import ConfigurationError
 from connector.settings import Settings, load_settings
 
@@ -49,7 +49,6 @@ def announce(settings: Settings) -> None:
     if settings.telemetry.log_format == "json":
         print(json.dumps({"message": "starting", "configuration": redacted}, default=str), file=sys.stderr)
     else:
-        body = "\n".join("  " + line for line in render_configuration(redacted).splitlines())
-        print(
-            f"kafka-stripe run: starting with this configuration (secrets masked):\n{body}", file=sys.stderr
-        )
+        # One line, so log shippers keep it as one event; `kafka-stripe check` shows it laid out.
+        compact = json.dumps(redacted, default=str, separators=(",", ":"))
+        print(f"kafka-stripe run: starting with configuration (secrets masked): {compact}", file=sys.stderr)

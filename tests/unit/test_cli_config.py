@@ -182,7 +182,8 @@ def test_run_hands_the_settings_to_the_pipeline(
     assert run_command.run(argparse.Namespace()) == 0
     assert received == [load_settings(config)]
     captured = capsys.readouterr()
-    assert f"sk_live_{MASK}" in captured.err and "topic usage" in captured.err
+    assert f"sk_live_{MASK}" in captured.err and '"usage"' in captured.err
+    assert len(captured.err.splitlines()) == 1, "the effective configuration is one log line"
     for secret in SECRETS:
         assert secret not in captured.out + captured.err
 

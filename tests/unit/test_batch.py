@@ -1,0 +1,49 @@
+"""Batches close on count, on linger and on flush, and never exceed Stripe's 100 events."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.batch import Batcher, Item
+from connector.offsets import PartitionOffsets
+from connector.records import KafkaRecord, MeterEvent
+
+
+def item(offset: int) -> Item:
+    record = KafkaRecord("usage", 0, offset, None, b"x", 0)
+    event = MeterEvent(f"id-{offset}", "api_requests", "2026-11-23T00:00:00.000Z", {"value": "1"})
+    return Item(event, record, PartitionOffsets("usage", 0))
+
+
+def test_closes_on_count() -> None:
+    batcher = Batcher(max_events=3, linger_s=10)
+    assert batcher.add(item(0), now=0) is None
+    assert batcher.add(item(1), now=0) is None
+    batch = batcher.add(item(2), now=0)
+    assert batch is not None and [e.identifier for e in batch.events] == ["id-0", "id-1", "id-2"]
+    assert len(batcher) == 0
+
+
+def test_closes_on_linger_measured_from_the_first_event() -> None:
+    batcher = Batcher(max_events=100, linger_s=0.1)
+    batcher.add(item(0), now=1.0)
+    batcher.add(item(1), now=1.05)
+    assert batcher.deadline() == pytest.approx(1.1)
+    assert batcher.due(now=1.09) is None
+    batch = batcher.due(now=1.1)
+    assert batch is not None and len(batch) == 2 and batch.created_at == 1.0
+    assert batcher.deadline() is None and batcher.due(now=5) is None
+
+
+def test_flush_closes_whatever_is_open() -> None:
+    batcher = Batcher()
+    assert batcher.flush() is None
+    batcher.add(item(0), now=0)
+    batch = batcher.flush()
+    assert batch is not None and len(batch) == 1
+
+
+@pytest.mark.parametrize("size", [0, 101])
+def test_rejects_sizes_stripe_would_refuse(size: int) -> None:
+    with pytest.raises(ValueError):
+        Batcher(max_events=size)
