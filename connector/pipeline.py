@@ -37,7 +37,7 @@ from connector.errors import FatalError, RecordRejected, RetryableError
 from connector.mapper import Mapper
 from connector.offsets import OffsetTracker, PartitionOffsets
 from connector.records import KafkaRecord, MeterEvent
-from connector.sender import BatchResult, MeterEventSender
+from connector.sender import BatchResult, MeterEventSender, SenderStats
 from connector.settings import Settings, TopicSettings
 
 log = logging.getLogger("kafka_stripe.pipeline")
@@ -53,6 +53,8 @@ class BatchSender(Protocol):
     """The Stripe side as the pipeline sees it (``connector.sender.MeterEventSender``)."""
 
     async def send(self, events: Sequence[MeterEvent]) -> BatchResult: ...
+
+    def stats(self) -> SenderStats: ...
 
     async def aclose(self) -> None: ...
 
@@ -122,6 +124,11 @@ class _SenderThread:
 
         asyncio.run_coroutine_threadsafe(send(), self._loop)
 
+    def retries(self) -> int:
+        """Back-off waits the sender has taken so far (read across threads: a plain int)."""
+        sender = self._sender
+        return 0 if sender is None else sender.stats().retries
+
     def stop(self, timeout: float = 5.0) -> None:
         sender = self._sender
         if sender is not None and self._loop.is_running():
@@ -178,6 +185,8 @@ class Pipeline:
         self._in_flight_records = 0  # records in batches handed to the sender, not yet back
         self._paused = False
         self._degraded_until = 0.0
+        self._seen_retries = 0
+        self._next_retry_check = 0.0
         self._stopping = False
         self._closing = False  # set once the final wait is over: revoke during close must not wait again
         self._fatal: str | None = None
@@ -374,6 +383,15 @@ class Pipeline:
     # ----------------------------------------------------------------- flow control
 
     def _backpressure(self) -> None:
+        now = self._clock()
+        if now >= self._next_retry_check:
+            # Batches in back-off come back only when they succeed or give up; the retry counter
+            # tells at once that Stripe is throttling or failing, so new records wait meanwhile.
+            self._next_retry_check = now + 0.1
+            retries = self._sender.retries()
+            if retries != self._seen_retries:
+                self._seen_retries = retries
+                self._degraded_until = now + DEGRADED_HOLD_S
         limit = self.settings.pipeline.max_buffered_records
         buffered = self._offsets.pending
         degraded = self._clock() < self._degraded_until
