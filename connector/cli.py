@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("connector.embedded", "run an embedded Kafka-compatible broker (Tansu) for local use"),
     "check": ("connector.check", "validate the configuration (environment) and schemas, print a report"),
     "run": ("connector.run", "run the connector: consume the configured topics into Stripe meter events"),
+    "demo": ("connector.demo", "run the connector end to end on an embedded Kafka and the Stripe emulator"),
 }
 
 

@@ -130,11 +130,22 @@ class _SenderThread:
         return 0 if sender is None else sender.stats().retries
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Abandon sends still running (their records stay uncommitted), close the sender, end the loop."""
         sender = self._sender
-        if sender is not None and self._loop.is_running():
+
+        async def close() -> None:
+            current = asyncio.current_task()
+            pending = [task for task in asyncio.all_tasks() if task is not current]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if sender is not None:
+                await sender.aclose()
+
+        if self._loop.is_running():
             with _suppress():
-                asyncio.run_coroutine_threadsafe(sender.aclose(), self._loop).result(timeout)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+                asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout)
+            self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
 
 
@@ -546,14 +557,15 @@ def install_signal_handlers(pipeline: Pipeline) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def configure_logging(settings: Settings) -> None:
-    """Plain or JSON lines on stderr at the configured level."""
+def configure_logging(settings: Settings, worker: int | None = None) -> None:
+    """Plain or JSON lines on stderr at the configured level; workers name themselves."""
     telemetry = settings.telemetry
     handler = logging.StreamHandler()
     if telemetry.log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        who = "" if worker is None else f"[worker {worker}] "
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(telemetry.log_level)
@@ -584,8 +596,18 @@ def schema_lookup_for(settings: Settings) -> Callable[[int], str] | None:
 
 
 def run(settings: Settings) -> int:
-    """``kafka-stripe run``: one consumer-group member until SIGTERM/SIGINT or a fatal error."""
-    configure_logging(settings)
+    """``kafka-stripe run``: one group member, or ``CONNECTOR_WORKERS`` of them in child processes."""
+    if settings.pipeline.workers > 1:
+        configure_logging(settings)
+        from connector.workers import supervise
+
+        return supervise(settings)
+    return run_one(settings)
+
+
+def run_one(settings: Settings, worker: int | None = None) -> int:
+    """One consumer-group member until SIGTERM/SIGINT or a fatal error; returns the exit status."""
+    configure_logging(settings, worker)
 
     def sender() -> MeterEventSender:
         return MeterEventSender.from_settings(settings.stripe, settings.sender)
