@@ -17,7 +17,14 @@ from urllib.parse import urlsplit
 
 from connector.errors import ConfigurationError
 
-DEFAULT_SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "usage_record.avsc"
+def _default_schema() -> Path:
+    """The packaged default schema: ``schemas/`` in a source checkout, ``connector/schemas/`` when installed."""
+    here = Path(__file__).resolve().parent
+    installed = here / "schemas" / "usage_record.avsc"
+    return installed if installed.exists() else here.parent / "schemas" / "usage_record.avsc"
+
+
+DEFAULT_SCHEMA = _default_schema()
 MAX_PAST_SECONDS = 35 * 24 * 3600  # Stripe accepts events up to 35 days old
 MAX_FUTURE_SECONDS = 5 * 60  # ... and at most 5 minutes ahead
 SESSION_TTL_SECONDS = 15 * 60  # a meter event session token lives 15 minutes
