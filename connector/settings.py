@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 from connector.errors import ConfigurationError
 
+
 def _default_schema() -> Path:
-    """The packaged default schema: ``schemas/`` in a source checkout, ``connector/schemas/`` when installed."""
+    """The default schema: ``schemas/`` in a source checkout, ``connector/schemas/`` when installed."""
     here = Path(__file__).resolve().parent
     installed = here / "schemas" / "usage_record.avsc"
     return installed if installed.exists() else here.parent / "schemas" / "usage_record.avsc"
