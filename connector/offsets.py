@@ -20,7 +20,17 @@ from collections.abc import Iterable, Iterator
 class PartitionOffsets:
     """Offsets of one partition under one assignment."""
 
-    __slots__ = ("_done", "_next", "_outstanding", "committed", "partition", "topic")
+    __slots__ = (
+        "_done",
+        "_next",
+        "_outstanding",
+        "batches_out",
+        "committed",
+        "dead_letters_out",
+        "partition",
+        "released",
+        "topic",
+    )
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
@@ -29,6 +39,12 @@ class PartitionOffsets:
         self._done: set[int] = set()  # done but not yet at the head of _outstanding
         self._next: int | None = None  # one past the last offset handed out
         self.committed: int | None = None  # the last position committed for this epoch
+        # Work of this epoch still out: batches at the sender and records at the dead-letter producer.
+        self.batches_out = 0
+        self.dead_letters_out = 0
+        # Set when the partition is revoked or lost: batches not yet sent for it are abandoned, their
+        # records left for the next owner. Read by the sender thread, written by the consumer thread.
+        self.released = False
 
     def track(self, offset: int) -> None:
         """A record at ``offset`` entered the pipeline (offsets arrive in increasing order)."""
@@ -45,6 +61,11 @@ class PartitionOffsets:
                 done.discard(outstanding.popleft())
         else:
             self._done.add(offset)
+
+    @property
+    def busy(self) -> bool:
+        """Batches or dead-letter writes of this epoch are still out."""
+        return self.batches_out > 0 or self.dead_letters_out > 0
 
     @property
     def pending(self) -> int:
@@ -77,7 +98,10 @@ class OffsetTracker:
 
     def release(self, partitions: Iterable[tuple[str, int]]) -> list[PartitionOffsets]:
         """Forget partitions (revoked or lost); returns their trackers for a final commit decision."""
-        return [p for key in partitions if (p := self._partitions.pop(key, None)) is not None]
+        released = [p for key in partitions if (p := self._partitions.pop(key, None)) is not None]
+        for p in released:
+            p.released = True
+        return released
 
     def get(self, topic: str, partition: int) -> PartitionOffsets | None:
         return self._partitions.get((topic, partition))

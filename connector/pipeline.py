@@ -16,7 +16,6 @@ first offset not yet done (``connector.offsets``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import queue
@@ -39,11 +38,13 @@ from connector.offsets import OffsetTracker, PartitionOffsets
 from connector.records import KafkaRecord, MeterEvent
 from connector.sender import BatchResult, MeterEventSender, SenderStats
 from connector.settings import Settings, TopicSettings
+from connector.telemetry import PartitionSnapshot, SessionSnapshot, Snapshot, Telemetry, configure_logging
 
 log = logging.getLogger("kafka_stripe.pipeline")
 
 CONSUME_BATCH = 500  # records per consume() call: amortises the C call, bounded by the buffer check
 PROGRESS_INTERVAL_S = 10.0
+VIEW_INTERVAL_S = 1.0  # how often the consumer thread refreshes the partition figures telemetry reads
 RESUME_FRACTION = 0.5  # resume when the buffer drained to half: avoids pause/resume flapping
 PREFETCH_KBYTES = 16384  # librdkafka's local fetch queue, all partitions together
 DEGRADED_HOLD_S = 1.0  # how long partitions stay paused after Stripe throttled or failed a request
@@ -60,10 +61,15 @@ class BatchSender(Protocol):
 
 
 class _Failed(NamedTuple):
-    """Stands in for a ``BatchResult`` when the sender raised instead of answering."""
+    """Stands in for a ``BatchResult`` when the sender raised instead of answering, or was skipped."""
 
     error: str
     fatal: bool
+    abandoned: bool = False
+
+
+# Every record of the batch belongs to partitions this member no longer owns: not sent at all.
+_ABANDONED = _Failed("partitions revoked before the batch was sent", fatal=False, abandoned=True)
 
 
 @dataclass
@@ -82,8 +88,11 @@ class Progress:
 class _SenderThread:
     """An asyncio loop in a daemon thread, running the sender."""
 
-    def __init__(self, factory: Callable[[], BatchSender]) -> None:
+    def __init__(self, factory: Callable[[], BatchSender], max_in_flight: int, telemetry: Telemetry) -> None:
         self._factory = factory
+        self._telemetry = telemetry
+        self._max_in_flight = max_in_flight
+        self._gate: asyncio.Semaphore | None = None
         self._loop = _new_event_loop()
         self._ready = threading.Event()
         self._sender: BatchSender | None = None
@@ -100,6 +109,7 @@ class _SenderThread:
         asyncio.set_event_loop(self._loop)
         try:
             self._sender = self._factory()
+            self._gate = asyncio.Semaphore(self._max_in_flight)
         except BaseException as exc:  # reported to the starting thread
             self._error = exc
             self._ready.set()
@@ -109,12 +119,21 @@ class _SenderThread:
 
     def submit(self, batch: Batch, done: Callable[[Batch, BatchResult | _Failed], None]) -> None:
         sender = self._sender
-        assert sender is not None
+        gate = self._gate
+        assert sender is not None and gate is not None
 
         async def send() -> None:
             result: BatchResult | _Failed
             try:
-                result = await sender.send(batch.events)
+                # Batches queue here, not inside the sender, so that one whose partitions were
+                # revoked meanwhile is dropped instead of sent for a partition another member owns.
+                async with gate:
+                    if all(item.tracker.released for item in batch.items):
+                        result = _ABANDONED
+                    else:
+                        started = time.monotonic()
+                        result = await sender.send(batch.events)
+                        self._telemetry.observe_send(time.monotonic() - started)
             except FatalError as exc:
                 result = _Failed(str(exc), fatal=True)
             except Exception as exc:  # a bug must not lose the batch: it stays undone and is resent
@@ -123,6 +142,10 @@ class _SenderThread:
             done(batch, result)
 
         asyncio.run_coroutine_threadsafe(send(), self._loop)
+
+    @property
+    def sender(self) -> BatchSender | None:
+        return self._sender
 
     def retries(self) -> int:
         """Back-off waits the sender has taken so far (read across threads: a plain int)."""
@@ -181,14 +204,17 @@ class Pipeline:
         producer_factory: Callable[[dict[str, Any]], Any] = Producer,
         schema_lookup: Callable[[int], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
+        # A telemetry without a server still counts: the hot path never checks for None.
+        self.telemetry = telemetry if telemetry is not None else Telemetry(port=None)
         self._clock = clock
         self._topics: dict[str, TopicSettings] = {t.name: t for t in settings.topics}
         self._mappers = {t.name: Mapper(t, schema_lookup) for t in settings.topics}
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
-        self._sender = _SenderThread(sender_factory)
+        self._sender = _SenderThread(sender_factory, settings.sender.max_in_flight, self.telemetry)
         pipeline = settings.pipeline
         self._batcher = Batcher(pipeline.batch_size, pipeline.linger_ms / 1000)
         self._offsets = OffsetTracker()
@@ -202,6 +228,8 @@ class Pipeline:
         self._closing = False  # set once the final wait is over: revoke during close must not wait again
         self._fatal: str | None = None
         self.progress = Progress()
+        self._partition_view: tuple[PartitionSnapshot, ...] = ()
+        self._buffered = 0
         self._last_consumed = 0
         self._last_progress = time.monotonic()
         self._consumer: Any = None
@@ -250,6 +278,7 @@ class Pipeline:
         interval = self.settings.pipeline.commit_interval_ms / 1000
         next_commit = self._clock() + interval
         next_progress = self._clock() + PROGRESS_INTERVAL_S
+        next_view = 0.0
         consumer = self._consumer
         while not self._stopping:
             deadline = self._batcher.deadline()
@@ -267,6 +296,9 @@ class Pipeline:
             if now >= next_commit:
                 self._commit(asynchronous=True)
                 next_commit = now + interval
+            if now >= next_view:
+                self._refresh_partition_view()
+                next_view = now + VIEW_INTERVAL_S
             if now >= next_progress:
                 self._log_progress()
                 next_progress = now + PROGRESS_INTERVAL_S
@@ -276,6 +308,7 @@ class Pipeline:
     # ----------------------------------------------------------------- records
 
     def _take(self, messages: list[Any]) -> None:
+        self.telemetry.consumed(len(messages))
         now = self._clock()
         now_ms = int(time.time() * 1000)
         mappers = self._mappers
@@ -316,6 +349,8 @@ class Pipeline:
                 self._submit(batch)
 
     def _submit(self, batch: Batch) -> None:
+        for tracker in _trackers(batch):
+            tracker.batches_out += 1
         self._in_flight_records += len(batch)
         self.progress.batches_sent += 1
         self._sender.submit(batch, self._on_sent)
@@ -342,20 +377,35 @@ class Pipeline:
 
     def _complete(self, batch: Batch, result: BatchResult | _Failed) -> None:
         self._in_flight_records -= len(batch)
+        for tracker in _trackers(batch):
+            tracker.batches_out -= 1
         if isinstance(result, _Failed):
             if result.fatal:
                 self._fatal = result.error
-                return
-            self._resend(batch.items, result.error)
+            elif not result.abandoned:
+                self.telemetry.batch_failed()
+                self._resend(batch.items, result.error)
             return
         if result.retries:
             # Stripe answered 429/5xx or timed out on the way: hold back new records for a moment.
             self._degraded_until = self._clock() + DEGRADED_HOLD_S
         items = batch.items
-        for index in result.delivered:
+        delivered = result.delivered
+        for index in delivered:
             item = items[index]
             item.tracker.done(item.record.offset)
-        self.progress.delivered += len(result.delivered)
+        self.progress.delivered += len(delivered)
+        # Two samples per batch (its first and last delivered record) keep the histogram cheap.
+        self.telemetry.batch_done(
+            len(batch),
+            len(delivered),
+            len(result.rejected),
+            record_times_ms=(
+                (items[delivered[0]].record.timestamp_ms, items[delivered[-1]].record.timestamp_ms)
+                if delivered
+                else ()
+            ),
+        )
         for rejection in result.rejected:
             item = items[rejection.index]
             error = rejection.error().at(item.record.coordinates)
@@ -366,6 +416,10 @@ class Pipeline:
     def _resend(self, items: list[Item], error: str | None) -> None:
         # Not done: nothing is committed past these records. Send them again; the sender's retry
         # policy does the waiting, and partitions stay paused meanwhile (memory stays bounded).
+        # Records of partitions revoked meanwhile are left to their new owner.
+        items = [item for item in items if not item.tracker.released]
+        if not items:
+            return
         self.progress.batches_undelivered += 1
         self._degraded_until = self._clock() + DEGRADED_HOLD_S
         log.warning("%d events undelivered (%s); sending them again", len(items), error)
@@ -380,15 +434,18 @@ class Pipeline:
         offset = record.offset
 
         def delivered(failure: Exception | None) -> None:
+            tracker.dead_letters_out -= 1
             if failure is None:
                 tracker.done(offset)
                 self.progress.dead_lettered += 1
+                self.telemetry.dead_lettered(error.code)
             else:
                 # The record is not done, so nothing commits past it; stopping makes that visible
                 # instead of leaving a partition silently stuck.
                 self._fatal = f"cannot write to dead-letter topic {topic}: {failure}"
 
         log.debug("dead-lettering %s: %s", record.coordinates, error)
+        tracker.dead_letters_out += 1
         self._dlq.send(record, error, topic, delivered)
 
     # ----------------------------------------------------------------- flow control
@@ -415,8 +472,10 @@ class Pipeline:
         assignment = self._consumer.assignment()
         if paused:
             self._consumer.pause(assignment)
+            self.telemetry.paused(len(assignment))
         else:
             self._consumer.resume(assignment)
+            self.telemetry.resumed()
         self._paused = paused
         log.info("%s %d partitions: %s", "paused" if paused else "resumed", len(assignment), why)
 
@@ -453,10 +512,14 @@ class Pipeline:
         if batch is not None:
             self._submit(batch)
         trackers = [t for key in keys if (t := self._offsets.get(*key)) is not None]
+        # Commit what is done at once: if the wait below outlasts the rebalance, this still counts.
+        self._commit(asynchronous=False, trackers=trackers)
+        # Releasing first makes batches still queued for these partitions be dropped unsent, so the
+        # wait covers only requests already at Stripe, not the whole read-ahead buffer.
+        self._offsets.release(keys)
         if not self._closing:
             self._wait_for(trackers, self._revoke_timeout())
-        self._commit(asynchronous=False, trackers=trackers)
-        self._offsets.release(keys)
+            self._commit(asynchronous=False, trackers=trackers)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         # Another member may own these already: committing for them could move its position.
@@ -467,9 +530,9 @@ class Pipeline:
         return min(self.settings.pipeline.shutdown_timeout_s, 10.0)
 
     def _wait_for(self, trackers: Sequence[PartitionOffsets], timeout: float) -> bool:
-        """Process completions until the given partitions have nothing in flight, or time runs out."""
+        """Process completions until the given partitions have nothing out, or time runs out."""
         deadline = self._clock() + timeout
-        while any(t.pending for t in trackers):
+        while any(t.busy for t in trackers):
             remaining = deadline - self._clock()
             if remaining <= 0 or self._fatal is not None:
                 return False
@@ -496,6 +559,37 @@ class Pipeline:
             self._consumer.close()  # leaves the group: partitions move at once, not after a timeout
         self._sender.stop()
         log.info("stopped")
+
+    def telemetry_snapshot(self) -> Snapshot:
+        """Gauges for a scrape or probe; runs on the telemetry thread, so it only reads."""
+        # Partition figures come from the consumer thread (refresh_partition_view): confluent-kafka
+        # blocks calls from other threads while that thread sits in consume().
+        partitions = self._partition_view
+        sender = self._sender.sender
+        session = None
+        stats = None
+        if sender is not None:
+            stats = sender.stats()
+            current = getattr(getattr(sender, "sessions", None), "session", None)
+            if current is not None:
+                session = SessionSnapshot(current.id, current.expires_at)
+        return Snapshot(partitions, stats, session, buffered=self._buffered)
+
+    def _refresh_partition_view(self) -> None:
+        """Committed offsets and log ends of owned partitions, for telemetry and the progress line."""
+        view = []
+        for t in self._offsets:
+            high: int | None = None
+            try:
+                _low, watermark = self._consumer.get_watermark_offsets(
+                    TopicPartition(t.topic, t.partition), cached=True
+                )
+                high = watermark if watermark >= 0 else None
+            except KafkaException:
+                high = None
+            view.append(PartitionSnapshot(t.topic, t.partition, t.committed, high))
+        self._partition_view = tuple(view)
+        self._buffered = self._offsets.pending
 
     def _log_progress(self) -> None:
         p = self.progress
@@ -535,6 +629,11 @@ class Pipeline:
         return total if known else None
 
 
+def _trackers(batch: Batch) -> list[PartitionOffsets]:
+    """The distinct partition epochs a batch touches."""
+    return list({id(item.tracker): item.tracker for item in batch.items}.values())
+
+
 def _names(partitions: Sequence[Any]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
 
@@ -555,33 +654,6 @@ def install_signal_handlers(pipeline: Pipeline) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-
-
-def configure_logging(settings: Settings, worker: int | None = None) -> None:
-    """Plain or JSON lines on stderr at the configured level; workers name themselves."""
-    telemetry = settings.telemetry
-    handler = logging.StreamHandler()
-    if telemetry.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        who = "" if worker is None else f"[worker {worker}] "
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(telemetry.log_level)
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        document = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            document["exception"] = self.formatException(record.exc_info)
-        return json.dumps(document)
 
 
 def schema_lookup_for(settings: Settings) -> Callable[[int], str] | None:
@@ -612,6 +684,12 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
     def sender() -> MeterEventSender:
         return MeterEventSender.from_settings(settings.stripe, settings.sender)
 
-    pipeline = Pipeline(settings, sender, schema_lookup=schema_lookup_for(settings))
+    telemetry = Telemetry.from_settings(settings, None, worker=worker)
+    pipeline = Pipeline(settings, sender, schema_lookup=schema_lookup_for(settings), telemetry=telemetry)
+    telemetry.snapshot = pipeline.telemetry_snapshot
     install_signal_handlers(pipeline)
-    return pipeline.run()
+    telemetry.start()
+    try:
+        return pipeline.run()
+    finally:
+        telemetry.stop()

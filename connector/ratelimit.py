@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -114,7 +115,10 @@ class AimdLimiter:
                 self._in_flight -= 1  # the slot was handed over just before the cancellation
                 self._wake()
             else:
-                self._waiters.remove(waiter)
+                # ``_wake`` may already have dropped this cancelled waiter from the queue (a slot
+                # freed by another cancelled task); then there is nothing left to remove.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
         return self._epoch
 

@@ -290,6 +290,8 @@ class TelemetrySettings:
     metrics_port: int = 9464  # 0 disables the endpoint
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
+    # /readyz fails when partitions stay paused, or commits stand still while lag grows, this long.
+    health_stuck_after_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1240,6 +1242,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         metrics_port=reader.integer("CONNECTOR_METRICS_PORT", 9464, minimum=0, maximum=65535),
         log_format="json" if log_format == "json" else "text",
         log_level=reader.choice("CONNECTOR_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+        health_stuck_after_s=reader.number("CONNECTOR_HEALTH_STUCK_AFTER_S", 60.0, minimum=1.0),
     )
 
     _unknown_topic_variables(reader, names)

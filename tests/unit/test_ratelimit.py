@@ -163,3 +163,27 @@ async def test_limiter_validates_its_arguments() -> None:
         AimdLimiter(4, min_limit=5)
     with pytest.raises(ValueError):
         AimdLimiter(4, decrease_factor=1.0)
+
+
+async def test_cancelling_a_holder_and_its_waiters_together_raises_only_cancelled() -> None:
+    # stop() cancels every send at once: the holder's release wakes the queue, dropping waiters that
+    # are already cancelled; their own cancellation must not then fail to find themselves.
+    limiter = AimdLimiter(1)
+
+    async def hold() -> None:
+        window = await limiter.acquire()
+        try:
+            await asyncio.sleep(10)
+        finally:
+            limiter.release(window)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(limiter.acquire()) for _ in range(2)]
+    await asyncio.sleep(0)
+    tasks = [holder, *waiters]
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+    assert limiter.in_flight == 0
