@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# kafka-stripe: the connector, the Stripe emulator and the sample producer in one slim image.
+#
+#   docker build -t kafka-stripe:0.1.0 .
+#   docker run --rm --env-file .env kafka-stripe:0.1.0            # = kafka-stripe run
+#   docker run --rm --env-file .env kafka-stripe:0.1.0 check      # validate the configuration
+#
+# Stage 1 builds the project's wheel and installs it with its dependencies into a virtualenv; stage 2
+# copies only that virtualenv onto a fresh slim base, so no build tooling or source tree ships.
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+WORKDIR /src
+# Only what the wheel is built from (.dockerignore keeps the rest of the checkout out of the context).
+# README.md is the package's long description (pyproject `readme`), so the build needs it.
+COPY pyproject.toml README.md ./
+COPY connector/ connector/
+COPY schemas/ schemas/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m pip wheel --no-deps --wheel-dir /dist . \
+ && python -m venv /opt/kafka-stripe \
+ && /opt/kafka-stripe/bin/pip install /dist/*.whl
+# Fail the build, not the first start, if the installed layout is wrong: the default schema must be
+# the copy shipped inside the wheel (connector/schemas/, package data), and the console script must run.
+RUN /opt/kafka-stripe/bin/python -c "from connector.settings import DEFAULT_SCHEMA as s; assert s.is_file() and 'site-packages' in s.parts, s; print('default schema:', s)" \
+ && /opt/kafka-stripe/bin/kafka-stripe --version
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="kafka-stripe" \
+      org.opencontainers.image.description="Streams usage records from Kafka into Stripe meter events." \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/kafka-stripe/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+RUN groupadd --system --gid 10001 kafka-stripe \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin kafka-stripe
+COPY --from=build /opt/kafka-stripe /opt/kafka-stripe
+# Relative TOPIC_<T>_SCHEMA paths resolve against the working directory: schemas/usage_record.avsc works
+# here as in a checkout, and custom schemas can be mounted under /app/schemas.
+WORKDIR /app
+COPY schemas/ schemas/
+USER 10001:10001
+# Prometheus metrics, /healthz (liveness) and /readyz (readiness): CONNECTOR_METRICS_PORT, default 9464.
+EXPOSE 9464
+# No curl in slim images: Python asks /healthz. CONNECTOR_METRICS_PORT=0 disables the endpoint, and then
+# there is nothing to ask. Services running another subcommand (emulator, producer) override this.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import os, urllib.request; port = os.environ.get('CONNECTOR_METRICS_PORT', '').strip() or '9464'; port == '0' or urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).close()"
+ENTRYPOINT ["kafka-stripe"]
+CMD ["run"]
