@@ -15,9 +15,11 @@ from connector import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "emulator": ("connector.emulator.server", "run the local Stripe emulator (HTTP server)"),
     "broker": ("connector.embedded", "run an embedded Kafka-compatible broker (Tansu) for local use"),
-    "check": ("connector.check", "validate the configuration (environment) and schemas, print a report"),
+    "check": ("connector.check", "preflight: configuration, schemas, topics, Stripe key, meters, billing"),
     "run": ("connector.run", "run the connector: consume the configured topics into Stripe meter events"),
     "demo": ("connector.demo", "run the connector end to end on an embedded Kafka and the Stripe emulator"),
+    "reconcile": ("connector.reconcile", "compare a topic's usage in a time range with Stripe's summaries"),
+    "dlq": ("connector.replay", "dead-letter topic tools: `dlq replay` sends fixed records to Stripe again"),
 }
 
 
