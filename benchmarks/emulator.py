@@ -191,8 +191,10 @@ def main() -> int:
     p50 = statistics.median(lat) * 1000
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
     served = max(totals.requests, 1)
-    print(f"emulator benchmark: {args.concurrency} connections, {args.seconds:.0f} s, "
-          f"{EVENTS_PER_REQUEST} events/request, added latency {args.latency_ms} ms, {os.cpu_count()} cores")
+    print(
+        f"emulator benchmark: {args.concurrency} connections, {args.seconds:.0f} s, "
+        f"{EVENTS_PER_REQUEST} events/request, added latency {args.latency_ms} ms, {os.cpu_count()} cores"
+    )
     print(f"  requests/s            {rps:12,.0f}")
     print(f"  events/s              {rps * EVENTS_PER_REQUEST:12,.0f}")
     print(f"  errors                {totals.errors:12,d}")
