@@ -16,6 +16,7 @@ first offset not yet done (``connector.offsets``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import queue
@@ -45,9 +46,19 @@ log = logging.getLogger("kafka_stripe.pipeline")
 CONSUME_BATCH = 500  # records per consume() call: amortises the C call, bounded by the buffer check
 PROGRESS_INTERVAL_S = 10.0
 VIEW_INTERVAL_S = 1.0  # how often the consumer thread refreshes the partition figures telemetry reads
-RESUME_FRACTION = 0.5  # resume when the buffer drained to half: avoids pause/resume flapping
-PREFETCH_KBYTES = 16384  # librdkafka's local fetch queue, all partitions together
+RESUME_FRACTION = 0.5  # consume again when the buffer drained to half: avoids stop/start flapping
+# librdkafka's local fetch queue, all partitions together: ~50,000 records of the default schema, i.e.
+# seconds of input, refilled in milliseconds while it drains.
+PREFETCH_KBYTES = 4096
 DEGRADED_HOLD_S = 1.0  # how long partitions stay paused after Stripe throttled or failed a request
+# A full buffer first only stops consume() calls: pausing makes librdkafka drop its prefetched records
+# and fetch them again on resume, which starved the pipeline for ~0.3 s after every resume in the
+# backlog benchmark. Only a buffer still full after this long pauses the partitions, so that consume()
+# runs again and serves rebalances and errors while Stripe is slow.
+HOLD_BEFORE_PAUSE_S = 1.0
+# Garbage collection (see tune_gc): young-generation threshold, and collections of each generation
+# before the next older one is collected.
+GC_THRESHOLDS = (10_000, 20, 100)
 
 
 class BatchSender(Protocol):
@@ -221,6 +232,7 @@ class Pipeline:
         self._completions: queue.SimpleQueue[tuple[Batch, BatchResult | _Failed]] = queue.SimpleQueue()
         self._in_flight_records = 0  # records in batches handed to the sender, not yet back
         self._paused = False
+        self._holding_since: float | None = None  # buffer full: consume() not called since then
         self._degraded_until = 0.0
         self._seen_retries = 0
         self._next_retry_check = 0.0
@@ -284,9 +296,13 @@ class Pipeline:
             deadline = self._batcher.deadline()
             now = self._clock()
             timeout = 0.1 if deadline is None else min(0.1, max(deadline - now, 0.0))
-            messages = consumer.consume(CONSUME_BATCH, timeout)
-            if messages:
-                self._take(messages)
+            if self._holding_since is None:
+                messages = consumer.consume(CONSUME_BATCH, timeout)
+                if messages:
+                    self._take(messages)
+            else:
+                # Buffer full: wait for Stripe's answers instead of reading more.
+                self._drain(timeout=timeout or 0.01)
             now = self._clock()
             batch = self._batcher.due(now)
             if batch is not None:
@@ -314,6 +330,9 @@ class Pipeline:
         mappers = self._mappers
         offsets = self._offsets
         batcher = self._batcher
+        consumed = 0
+        # consume() returns runs of records of one partition: look its epoch up once per run.
+        tracker: PartitionOffsets | None = None
         for message in messages:
             error = message.error()
             if error is not None:
@@ -336,9 +355,10 @@ class Pipeline:
                 ts if ts_type else None,
                 message.headers() or (),
             )
-            tracker = offsets.for_record(topic, partition)
+            if tracker is None or tracker.partition != partition or tracker.topic != topic:
+                tracker = offsets.for_record(topic, partition)
             tracker.track(offset)
-            self.progress.consumed += 1
+            consumed += 1
             try:
                 event = mappers[topic].map_record(record, now_ms)
             except RecordRejected as exc:
@@ -347,9 +367,10 @@ class Pipeline:
             batch = batcher.add(Item(event, record, tracker), now)
             if batch is not None:
                 self._submit(batch)
+        self.progress.consumed += consumed
 
     def _submit(self, batch: Batch) -> None:
-        for tracker in _trackers(batch):
+        for tracker in batch.trackers:
             tracker.batches_out += 1
         self._in_flight_records += len(batch)
         self.progress.batches_sent += 1
@@ -377,7 +398,7 @@ class Pipeline:
 
     def _complete(self, batch: Batch, result: BatchResult | _Failed) -> None:
         self._in_flight_records -= len(batch)
-        for tracker in _trackers(batch):
+        for tracker in batch.trackers:
             tracker.batches_out -= 1
         if isinstance(result, _Failed):
             if result.fatal:
@@ -391,9 +412,13 @@ class Pipeline:
             self._degraded_until = self._clock() + DEGRADED_HOLD_S
         items = batch.items
         delivered = result.delivered
-        for index in delivered:
-            item = items[index]
-            item.tracker.done(item.record.offset)
+        if len(delivered) == len(items):
+            for item in items:
+                item.tracker.done(item.record.offset)
+        else:
+            for index in delivered:
+                item = items[index]
+                item.tracker.done(item.record.offset)
         self.progress.delivered += len(delivered)
         # Two samples per batch (its first and last delivered record) keep the histogram cheap.
         self.telemetry.batch_done(
@@ -462,10 +487,18 @@ class Pipeline:
                 self._degraded_until = now + DEGRADED_HOLD_S
         limit = self.settings.pipeline.max_buffered_records
         buffered = self._offsets.pending
-        degraded = self._clock() < self._degraded_until
-        if not self._paused and (buffered >= limit or degraded):
-            self._set_paused(True, "buffer full" if buffered >= limit else "Stripe is throttling or failing")
-        elif self._paused and buffered < limit * RESUME_FRACTION and not degraded:
+        degraded = now < self._degraded_until
+        if buffered >= limit and self._holding_since is None and not self._paused:
+            self._holding_since = now
+        has_room = buffered < limit * RESUME_FRACTION
+        if not self._paused:
+            held_long = self._holding_since is not None and now - self._holding_since >= HOLD_BEFORE_PAUSE_S
+            if degraded or held_long:
+                self._holding_since = None
+                self._set_paused(True, "Stripe is throttling or failing" if degraded else "buffer full")
+            elif has_room:
+                self._holding_since = None
+        elif has_room and not degraded:
             self._set_paused(False, "buffer has room")
 
     def _set_paused(self, paused: bool, why: str) -> None:
@@ -629,11 +662,6 @@ class Pipeline:
         return total if known else None
 
 
-def _trackers(batch: Batch) -> list[PartitionOffsets]:
-    """The distinct partition epochs a batch touches."""
-    return list({id(item.tracker): item.tracker for item in batch.items}.values())
-
-
 def _names(partitions: Sequence[Any]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
 
@@ -677,6 +705,19 @@ def run(settings: Settings) -> int:
     return run_one(settings)
 
 
+def tune_gc() -> None:
+    """Make the garbage collector's cost independent of the buffer size.
+
+    Buffered records live long enough to reach the oldest generation, and CPython collects it whenever
+    it grew by a quarter: with tens of thousands of records buffered, full collections ran every few
+    thousand records and took a quarter of the CPU at 50 ms from Stripe (benchmarks/e2e.py). Freezing
+    what start-up allocated and collecting the young generation less often removes most of that; the
+    hot path creates no reference cycles, so garbage is still freed at once by reference counting.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_one(settings: Settings, worker: int | None = None) -> int:
     """One consumer-group member until SIGTERM/SIGINT or a fatal error; returns the exit status."""
     configure_logging(settings, worker)
@@ -688,6 +729,7 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
     pipeline = Pipeline(settings, sender, schema_lookup=schema_lookup_for(settings), telemetry=telemetry)
     telemetry.snapshot = pipeline.telemetry_snapshot
     install_signal_handlers(pipeline)
+    tune_gc()
     telemetry.start()
     try:
         return pipeline.run()

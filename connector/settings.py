@@ -261,7 +261,7 @@ class PipelineSettings:
     linger_ms: int = 100
     batch_size: int = 100
     commit_interval_ms: int = 1000
-    max_buffered_records: int = 50_000
+    max_buffered_records: int = 20_000
     shutdown_timeout_s: float = 30.0
     on_invalid: OnInvalid = "dlq"
     workers: int = 1
@@ -1199,7 +1199,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         linger_ms=reader.integer("CONNECTOR_LINGER_MS", 100, minimum=0),
         batch_size=reader.integer("CONNECTOR_BATCH_SIZE", 100, minimum=1, maximum=MAX_BATCH_SIZE),
         commit_interval_ms=reader.integer("CONNECTOR_COMMIT_INTERVAL_MS", 1000, minimum=1),
-        max_buffered_records=reader.integer("CONNECTOR_MAX_BUFFERED_RECORDS", 50_000, minimum=1),
+        max_buffered_records=reader.integer("CONNECTOR_MAX_BUFFERED_RECORDS", 20_000, minimum=1),
         shutdown_timeout_s=reader.number("CONNECTOR_SHUTDOWN_TIMEOUT_S", 30.0),
         on_invalid="fail"
         if reader.choice("CONNECTOR_ON_INVALID", "dlq", ("dlq", "fail")) == "fail"

@@ -47,3 +47,20 @@ def test_flush_closes_whatever_is_open() -> None:
 def test_rejects_sizes_stripe_would_refuse(size: int) -> None:
     with pytest.raises(ValueError):
         Batcher(max_events=size)
+
+
+def test_a_batch_lists_each_partition_epoch_once_in_first_seen_order() -> None:
+    a, b, c = (PartitionOffsets("usage", p) for p in range(3))
+    batcher = Batcher(max_events=100, linger_s=10)
+    for n, tracker in enumerate([a, a, b, a, c, c, b]):
+        record = KafkaRecord("usage", tracker.partition, n, None, b"x", 0)
+        event = MeterEvent(f"id-{n}", "api_requests", "2026-11-23T00:00:00.000Z", {"value": "1"})
+        batcher.add(Item(event, record, tracker), now=0)
+    batch = batcher.flush()
+    assert batch is not None and batch.trackers == [a, b, c]
+    # The next batch starts with an empty list; a batch built by hand works its list out itself.
+    batcher.add(item(9), now=0)
+    following = batcher.flush()
+    assert following is not None and len(following.trackers) == 1
+    again = type(batch)(batch.items, 0.0)
+    assert again.trackers == [a, b, c]
