@@ -8,6 +8,7 @@ headers are kept in front of ours.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +42,15 @@ def dead_letter_headers(record: KafkaRecord, error: RecordRejected) -> list[tupl
 class DeadLetterQueue:
     """A thin shell over a confluent-kafka ``Producer``; delivery reports arrive on ``poll()``."""
 
-    def __init__(self, producer: Any) -> None:
+    # Without records out, the producer's queue holds only client events (errors, logs): serving it
+    # this often is enough, and each poll() gives up the GIL, which the sender thread then takes.
+    IDLE_POLL_INTERVAL_S = 1.0
+
+    def __init__(self, producer: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self._producer = producer
+        self._clock = clock
+        self._outstanding = 0  # produced, delivery report not yet served
+        self._next_idle_poll = 0.0
 
     def send(
         self, record: KafkaRecord, error: RecordRejected, topic: str, on_delivery: DeliveryCallback
@@ -50,6 +58,7 @@ class DeadLetterQueue:
         """Produce ``record`` to ``topic``; ``on_delivery(None)`` once the broker acknowledged it."""
 
         def report(err: Any, _msg: Any) -> None:
+            self._outstanding -= 1
             on_delivery(
                 None if err is None else RuntimeError(f"dead-letter produce to {topic} failed: {err}")
             )
@@ -73,9 +82,21 @@ class DeadLetterQueue:
                 produce()
         except Exception as exc:  # still full, an invalid topic name, or a fatal producer
             on_delivery(exc)
+        else:
+            self._outstanding += 1
+
+    @property
+    def outstanding(self) -> int:
+        """Records produced whose delivery report has not been served yet."""
+        return self._outstanding
 
     def poll(self, timeout: float = 0.0) -> int:
-        """Serve delivery reports."""
+        """Serve delivery reports (with nothing out and no timeout, at most once a second)."""
+        if not self._outstanding and not timeout:
+            now = self._clock()
+            if now < self._next_idle_poll:
+                return 0
+            self._next_idle_poll = now + self.IDLE_POLL_INTERVAL_S
         served: int = self._producer.poll(timeout)
         return served
 

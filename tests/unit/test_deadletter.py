@@ -28,3 +28,47 @@ def test_stripe_code_is_carried() -> None:
     headers = dict(dead_letter_headers(record, StripeRejected("too long", code="parameter_invalid")))
     assert headers["kafka_stripe.error.code"] == b"parameter_invalid"
     assert headers["kafka_stripe.original.timestamp"] == b""
+
+
+class CountingProducer:
+    """A real confluent-kafka Producer (no broker behind it), counting the polls it is asked for."""
+
+    def __init__(self) -> None:
+        from confluent_kafka import Producer
+
+        self.producer = Producer({"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 300})
+        self.polls = 0
+
+    def produce(self, *args: object, **kwargs: object) -> None:
+        self.producer.produce(*args, **kwargs)
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        served: int = self.producer.poll(timeout)
+        return served
+
+
+def test_poll_skips_an_idle_producer_but_serves_every_outstanding_report() -> None:
+    import time
+
+    from connector.deadletter import DeadLetterQueue
+
+    now = [0.0]
+    producer = CountingProducer()
+    dlq = DeadLetterQueue(producer, clock=lambda: now[0])
+    dlq.poll()
+    dlq.poll()
+    assert producer.polls == 1, "nothing out: at most one poll a second"
+    now[0] += DeadLetterQueue.IDLE_POLL_INTERVAL_S
+    dlq.poll()
+    assert producer.polls == 2
+
+    reports: list[Exception | None] = []
+    record = KafkaRecord("usage", 0, 7, None, b"v", None)
+    dlq.send(record, MappingError("bad", code="bad"), "usage.dlq", reports.append)
+    assert dlq.outstanding == 1
+    deadline = time.monotonic() + 10
+    while not reports and time.monotonic() < deadline:
+        dlq.poll()  # with a record out, every call reaches the producer
+    assert producer.polls > 3 and dlq.outstanding == 0
+    assert len(reports) == 1 and isinstance(reports[0], Exception), "no broker: the delivery fails"

@@ -124,7 +124,7 @@ def test_defaults(env: dict[str, str], schema: Path) -> None:
     assert (topic.max_past_seconds, topic.max_future_seconds) == (3_024_000, 300)
     pipeline, sender, telemetry = settings.pipeline, settings.sender, settings.telemetry
     assert (pipeline.linger_ms, pipeline.batch_size, pipeline.commit_interval_ms) == (100, 100, 1000)
-    assert (pipeline.max_buffered_records, pipeline.shutdown_timeout_s) == (50_000, 30.0)
+    assert (pipeline.max_buffered_records, pipeline.shutdown_timeout_s) == (20_000, 30.0)
     assert (pipeline.on_invalid, pipeline.workers) == ("dlq", 1)
     assert (sender.max_in_flight, sender.rate_limit_rps, sender.session_renew_margin_s) == (128, 10_000, 60)
     assert (sender.retry_max_elapsed_s, sender.retry_initial_backoff_ms, sender.retry_max_backoff_ms) == (
