@@ -57,7 +57,7 @@ DEGRADED_HOLD_S = 1.0  # how long partitions stay paused after Stripe throttled 
 # backlog benchmark. Only a buffer still full after this long pauses the partitions, so that consume()
 # runs again and serves rebalances and errors while Stripe is slow.
 HOLD_BEFORE_PAUSE_S = 1.0
-# Garbage collection (see tune_gc): young-generation threshold, and collections of each generation
+# Garbage collection (see tune_interpreter): young-generation threshold, and collections of each generation
 # before the next older one is collected.
 GC_THRESHOLDS = (10_000, 20, 100)
 SWITCH_INTERVAL_S = 0.001  # how long a thread may hold the GIL while another waits (default 5 ms)
