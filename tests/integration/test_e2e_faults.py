@@ -338,7 +338,7 @@ def test_stripe_outage_pauses_with_flat_memory_commits_nothing_and_catches_up(
     earlier once the sender starts backing off). Each costs ~1.2 kB (the KafkaRecord with its bytes,
     the MeterEvent and payload dict, the JSON document and request body the sender keeps for retries;
     measured with tracemalloc), so ~7 MB. librdkafka side: the connector caps the fetch queue at
-    queued.max.messages.kbytes=16 MB of payload; this whole backlog is only ~2.3 MB of payload (23-byte
+    queued.max.messages.kbytes=4 MB of payload; this whole backlog is only ~2.3 MB of payload (23-byte
     records) but each fetched message also costs a few hundred bytes of librdkafka bookkeeping, so
     even with every record pre-fetched before the pause it stays around 30 MB, and pausing purges it.
     ~7 + ~30 MB < 50 MB. A buffer that kept the whole backlog in Python would need ~120 MB
