@@ -84,7 +84,7 @@ import fastavro  # noqa: E402
 import httpx  # noqa: E402
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
 from mapping import make_records  # noqa: E402
-from pipeline_harness import API_KEY, SCHEMA, connector_env, create_meter, produce  # noqa: E402
+from pipeline_harness import API_KEY, connector_env, create_meter, encode, produce  # noqa: E402
 
 from connector.embedded import EmbeddedBroker, die_with_parent  # noqa: E402
 from connector.emulator import EmulatorProcess  # noqa: E402
@@ -143,12 +143,7 @@ def records_now(count: int, seed: int = 42) -> Iterator[dict[str, Any]]:
 
 
 def encode_all(records: Iterator[dict[str, Any]]) -> Iterator[tuple[bytes | None, bytes]]:
-    buffer = io.BytesIO()
-    for record in records:
-        buffer.seek(0)
-        buffer.truncate()
-        fastavro.schemaless_writer(buffer, SCHEMA, record)
-        yield None, buffer.getvalue()
+    return ((None, encode(record)) for record in records)
 
 
 # ----------------------------------------------------------------------------------- process trees
@@ -171,7 +166,6 @@ class ProcessTree:
         self.root = root
         self.pids: set[int] = {root}
         self.hwm_kb: dict[int, int] = {}
-        self.names: dict[int, str] = {}
 
     def refresh(self) -> None:
         children: dict[int, list[int]] = {}
@@ -206,9 +200,6 @@ class ProcessTree:
             match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
             if match:
                 self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), int(match.group(1)))
-            name = re.search(r"^Name:\s+(\S+)", status, re.M)
-            if name:
-                self.names[pid] = name.group(1)
 
     def peak_mb(self) -> dict[str, float]:
         """Peak RSS (MB) per process: ``root`` for the process started, ``child <pid>`` for the others."""
@@ -532,9 +523,7 @@ def run_steady(
         sent = time.time()
         record["identifier"] = identifier
         record["timestamp"] = int(sent * 1000)
-        buffer = io.BytesIO()
-        fastavro.schemaless_writer(buffer, SCHEMA, record)
-        producer.produce(topic, value=buffer.getvalue(), partition=n % PARTITIONS, on_delivery=report)
+        producer.produce(topic, value=encode(record), partition=n % PARTITIONS, on_delivery=report)
         return sent
 
     def committed_all() -> bool:

@@ -24,15 +24,12 @@ class Batch:
 
     __slots__ = ("created_at", "items", "trackers")
 
-    def __init__(
-        self, items: list[Item], created_at: float, trackers: list[PartitionOffsets] | None = None
-    ) -> None:
+    def __init__(self, items: list[Item], created_at: float) -> None:
         self.items = items
         self.created_at = created_at
-        # The distinct partition epochs the batch touches, counted out and back in by the pipeline.
-        self.trackers = (
-            trackers if trackers is not None else list({id(i.tracker): i.tracker for i in items}.values())
-        )
+        # The distinct partition epochs the batch touches, in first-seen order; worked out once, as the
+        # pipeline counts the batch out to them and back in.
+        self.trackers: list[PartitionOffsets] = list({id(i.tracker): i.tracker for i in items}.values())
 
     @property
     def events(self) -> Sequence[MeterEvent]:
@@ -51,7 +48,6 @@ class Batcher:
         self.max_events = max_events
         self.linger_s = linger_s
         self._items: list[Item] = []
-        self._trackers: list[PartitionOffsets] = []
         self._opened_at = 0.0
 
     def add(self, item: Item, now: float) -> Batch | None:
@@ -59,11 +55,6 @@ class Batcher:
         if not self._items:
             self._opened_at = now
         self._items.append(item)
-        # Records arrive in runs per partition, so comparing with the last one is nearly always enough.
-        tracker = item.tracker
-        trackers = self._trackers
-        if not trackers or (trackers[-1] is not tracker and tracker not in trackers):
-            trackers.append(tracker)
         if len(self._items) >= self.max_events:
             return self.flush()
         return None
@@ -82,9 +73,8 @@ class Batcher:
         """Close the open batch now (shutdown, revoke, linger)."""
         if not self._items:
             return None
-        batch = Batch(self._items, self._opened_at, self._trackers)
+        batch = Batch(self._items, self._opened_at)
         self._items = []
-        self._trackers = []
         return batch
 
     def __len__(self) -> int:

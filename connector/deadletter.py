@@ -49,7 +49,6 @@ class DeadLetterQueue:
     def __init__(self, producer: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self._producer = producer
         self._clock = clock
-        self._outstanding = 0  # produced, delivery report not yet served
         self._next_idle_poll = 0.0
 
     def send(
@@ -58,7 +57,6 @@ class DeadLetterQueue:
         """Produce ``record`` to ``topic``; ``on_delivery(None)`` once the broker acknowledged it."""
 
         def report(err: Any, _msg: Any) -> None:
-            self._outstanding -= 1
             on_delivery(
                 None if err is None else RuntimeError(f"dead-letter produce to {topic} failed: {err}")
             )
@@ -82,17 +80,15 @@ class DeadLetterQueue:
                 produce()
         except Exception as exc:  # still full, an invalid topic name, or a fatal producer
             on_delivery(exc)
-        else:
-            self._outstanding += 1
 
     @property
     def outstanding(self) -> int:
-        """Records produced whose delivery report has not been served yet."""
-        return self._outstanding
+        """Records produced whose delivery report has not been served yet (librdkafka counts them)."""
+        return len(self._producer)
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery reports (with nothing out and no timeout, at most once a second)."""
-        if not self._outstanding and not timeout:
+        if not timeout and not self.outstanding:
             now = self._clock()
             if now < self._next_idle_poll:
                 return 0

@@ -414,13 +414,9 @@ class Pipeline:
             self._degraded_until = self._clock() + DEGRADED_HOLD_S
         items = batch.items
         delivered = result.delivered
-        if len(delivered) == len(items):
-            for item in items:
-                item.tracker.done(item.record.offset)
-        else:
-            for index in delivered:
-                item = items[index]
-                item.tracker.done(item.record.offset)
+        for index in delivered:
+            item = items[index]
+            item.tracker.done(item.record.offset)
         self.progress.delivered += len(delivered)
         # Two samples per batch (its first and last delivered record) keep the histogram cheap.
         self.telemetry.batch_done(
@@ -490,18 +486,20 @@ class Pipeline:
         limit = self.settings.pipeline.max_buffered_records
         buffered = self._offsets.pending
         degraded = now < self._degraded_until
-        if buffered >= limit and self._holding_since is None and not self._paused:
-            self._holding_since = now
         has_room = buffered < limit * RESUME_FRACTION
-        if not self._paused:
-            held_long = self._holding_since is not None and now - self._holding_since >= HOLD_BEFORE_PAUSE_S
-            if degraded or held_long:
-                self._holding_since = None
-                self._set_paused(True, "Stripe is throttling or failing" if degraded else "buffer full")
-            elif has_room:
-                self._holding_since = None
-        elif has_room and not degraded:
-            self._set_paused(False, "buffer has room")
+        # Three states: reading; holding (buffer full, consume() not called); paused.
+        if self._paused:
+            if has_room and not degraded:
+                self._set_paused(False, "buffer has room")
+            return
+        if self._holding_since is None and buffered >= limit:
+            self._holding_since = now
+        holding_s = None if self._holding_since is None else now - self._holding_since
+        if degraded or (holding_s is not None and holding_s >= HOLD_BEFORE_PAUSE_S):
+            self._holding_since = None
+            self._set_paused(True, "Stripe is throttling or failing" if degraded else "buffer full")
+        elif has_room:
+            self._holding_since = None
 
     def _set_paused(self, paused: bool, why: str) -> None:
         assignment = self._consumer.assignment()

@@ -42,6 +42,9 @@ class CountingProducer:
     def produce(self, *args: object, **kwargs: object) -> None:
         self.producer.produce(*args, **kwargs)
 
+    def __len__(self) -> int:
+        return len(self.producer)
+
     def poll(self, timeout: float) -> int:
         self.polls += 1
         served: int = self.producer.poll(timeout)
