@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from connector.offsets import PartitionOffsets
-from connector.records import KafkaRecord, MeterEvent
+from connector.records import ConsumedMessage, MeterEvent
 
 MAX_EVENTS_PER_REQUEST = 100  # Stripe's limit for one meter_event_stream request
 
@@ -15,7 +15,9 @@ class Item(NamedTuple):
     """One event on its way to Stripe, with what is needed to mark it done or dead-letter it."""
 
     event: MeterEvent
-    record: KafkaRecord  # original bytes and coordinates, for the dead-letter topic
+    # The consumed message as the client returned it: its offset marks the record done, its bytes and
+    # coordinates go to the dead-letter topic if Stripe refuses the event.
+    message: ConsumedMessage
     tracker: PartitionOffsets  # the partition epoch the record was consumed under
 
 

@@ -106,9 +106,23 @@ class Mapper:
 
     def map_record(self, record: KafkaRecord, now_ms: int) -> MeterEvent:
         """Decode and map one consumed record; ``now_ms`` bounds its timestamp."""
-        topic, partition, offset, _key, value, timestamp_ms, _headers = record
+        return self.map_value(
+            record.value, record.topic, record.partition, record.offset, record.timestamp_ms, now_ms
+        )
+
+    def map_value(
+        self,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        kafka_timestamp_ms: int | None,
+        now_ms: int,
+    ) -> MeterEvent:
+        """Decode and map the value of the record at ``topic[partition]@offset`` (the pipeline's hot
+        path: the pieces of a record, without making one)."""
         try:
-            return self._map(self._decode(value), topic, partition, offset, timestamp_ms, now_ms)
+            return self._map(self._decode(value), topic, partition, offset, kafka_timestamp_ms, now_ms)
         except RecordRejected as exc:
             raise exc.at(Coordinates(topic, partition, offset)) from None
 

@@ -16,6 +16,7 @@ first offset not yet done (``connector.offsets``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -37,7 +38,7 @@ from connector.decoder import registry_lookup
 from connector.errors import FatalError, RecordRejected, RetryableError
 from connector.mapper import Mapper
 from connector.offsets import OffsetTracker, PartitionOffsets
-from connector.records import KafkaRecord, MeterEvent
+from connector.records import KafkaRecord, MeterEvent, kafka_timestamp_ms
 from connector.sender import BatchResult, MeterEventSender, SenderStats
 from connector.settings import Settings, TopicSettings
 from connector.telemetry import PartitionSnapshot, SessionSnapshot, Snapshot, Telemetry, configure_logging
@@ -80,6 +81,9 @@ class _Failed(NamedTuple):
     fatal: bool
     abandoned: bool = False
 
+
+# Item(...) without NamedTuple's Python-level __new__: one item is made per record.
+_new_item: Callable[[tuple[MeterEvent, Any, PartitionOffsets]], Item] = functools.partial(tuple.__new__, Item)
 
 # Every record of the batch belongs to partitions this member no longer owns: not sent at all.
 _ABANDONED = _Failed("partitions revoked before the batch was sent", fatal=False, abandoned=True)
@@ -141,7 +145,7 @@ class _SenderThread:
                 # Batches queue here, not inside the sender, so that one whose partitions were
                 # revoked meanwhile is dropped instead of sent for a partition another member owns.
                 async with gate:
-                    if all(item.tracker.released for item in batch.items):
+                    if all(tracker.released for tracker in batch.trackers):
                         result = _ABANDONED
                     else:
                         started = time.monotonic()
@@ -329,47 +333,42 @@ class Pipeline:
         self.telemetry.consumed(len(messages))
         now = self._clock()
         now_ms = int(time.time() * 1000)
-        mappers = self._mappers
-        offsets = self._offsets
-        batcher = self._batcher
+        add = self._batcher.add
         consumed = 0
-        # consume() returns runs of records of one partition: look its epoch up once per run.
+        # consume() returns runs of records of one partition: its epoch and mapper are looked up once
+        # per run. The message itself travels with its event; no per-record copy is made of it.
         tracker: PartitionOffsets | None = None
+        map_value = None
         for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if error.fatal():
-                    raise FatalError(f"Kafka consumer error: {error}")
-                log.warning("consumer error: %s", error)
+            if message.error() is not None:
+                self._consumer_error(message.error())
                 continue
             topic = message.topic()
             partition = message.partition()
             offset = message.offset()
-            ts_type, ts = message.timestamp()
-            record = KafkaRecord(
-                topic,
-                partition,
-                offset,
-                message.key(),
-                message.value(),
-                ts if ts_type else None,
-                message.headers() or (),
-            )
             if tracker is None or tracker.partition != partition or tracker.topic != topic:
-                tracker = offsets.for_record(topic, partition)
+                tracker = self._offsets.for_record(topic, partition)
+                map_value = self._mappers[topic].map_value
+            assert map_value is not None
             tracker.track(offset)
             consumed += 1
+            ts_type, ts = message.timestamp()
             try:
-                event = mappers[topic].map_record(record, now_ms)
+                event = map_value(message.value(), topic, partition, offset, ts if ts_type else None, now_ms)
             except RecordRejected as exc:
-                self._dead_letter(record, exc.at(record.coordinates), tracker)
+                self._dead_letter(KafkaRecord.from_message(message), exc, tracker)
                 continue
-            batch = batcher.add(Item(event, record, tracker), now)
+            batch = add(_new_item((event, message, tracker)), now)
             if batch is not None:
                 self._submit(batch)
         self.progress.consumed += consumed
+
+    def _consumer_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise FatalError(f"Kafka consumer error: {error}")
+        log.warning("consumer error: %s", error)
 
     def _submit(self, batch: Batch) -> None:
         for tracker in batch.trackers:
@@ -414,9 +413,13 @@ class Pipeline:
             self._degraded_until = self._clock() + DEGRADED_HOLD_S
         items = batch.items
         delivered = result.delivered
-        for index in delivered:
-            item = items[index]
-            item.tracker.done(item.record.offset)
+        if len(delivered) == len(items):
+            for _event, message, tracker in items:
+                tracker.done(message.offset())
+        else:
+            for index in delivered:
+                _event, message, tracker = items[index]
+                tracker.done(message.offset())
         self.progress.delivered += len(delivered)
         # Two samples per batch (its first and last delivered record) keep the histogram cheap.
         self.telemetry.batch_done(
@@ -424,15 +427,18 @@ class Pipeline:
             len(delivered),
             len(result.rejected),
             record_times_ms=(
-                (items[delivered[0]].record.timestamp_ms, items[delivered[-1]].record.timestamp_ms)
+                (
+                    kafka_timestamp_ms(items[delivered[0]].message),
+                    kafka_timestamp_ms(items[delivered[-1]].message),
+                )
                 if delivered
                 else ()
             ),
         )
         for rejection in result.rejected:
             item = items[rejection.index]
-            error = rejection.error().at(item.record.coordinates)
-            self._dead_letter(item.record, error, item.tracker)
+            record = KafkaRecord.from_message(item.message)
+            self._dead_letter(record, rejection.error().at(record.coordinates), item.tracker)
         if result.undelivered:
             self._resend([items[i] for i in result.undelivered], result.error)
 

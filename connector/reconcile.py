@@ -513,16 +513,7 @@ def reconcile(
             now_ms = int(time.time() * 1000)
             next_note = time.monotonic() + 10.0
             for message in reader:
-                ts_type, ts = message.timestamp()
-                record = KafkaRecord(
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    message.key(),
-                    message.value(),
-                    ts if ts_type else None,
-                    message.headers() or (),
-                )
+                record = KafkaRecord.from_message(message)
                 try:
                     event = mapper.map_record(record, now_ms)
                 except RecordRejected as exc:

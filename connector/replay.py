@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 from connector.errors import ConfigurationError, ConnectorError, FatalError, RecordRejected
-from connector.records import Coordinates, KafkaRecord, MeterEvent
+from connector.records import Coordinates, KafkaRecord, MeterEvent, kafka_timestamp_ms
 from connector.settings import Settings, load_settings
 
 DEFAULT_GROUP = "kafka-stripe-dlq-replay"
@@ -262,10 +262,9 @@ class Replay:
         return 1 if self.totals.still_failing or self.totals.undelivered else 0
 
     def _take(self, message: Any) -> None:
-        ts_type, ts = message.timestamp()
         where = Coordinates(message.topic(), message.partition(), message.offset())
         dead_letter = parse_dead_letter(
-            where, message.key(), message.value(), ts if ts_type else None, message.headers() or ()
+            where, message.key(), message.value(), kafka_timestamp_ms(message), message.headers() or ()
         )
         self.totals.read += 1
         self._processed[where.partition] = where.offset + 1

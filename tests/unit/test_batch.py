@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import Message
 
 from connector.batch import Batcher, Item
 from connector.offsets import PartitionOffsets
-from connector.records import KafkaRecord, MeterEvent
+from connector.records import MeterEvent
 
 
 def item(offset: int) -> Item:
-    record = KafkaRecord("usage", 0, offset, None, b"x", 0)
+    record = Message(topic="usage", partition=0, offset=offset, value=b"x")
     event = MeterEvent(f"id-{offset}", "api_requests", "2026-11-23T00:00:00.000Z", {"value": "1"})
     return Item(event, record, PartitionOffsets("usage", 0))
 
@@ -53,7 +54,7 @@ def test_a_batch_lists_each_partition_epoch_once_in_first_seen_order() -> None:
     a, b, c = (PartitionOffsets("usage", p) for p in range(3))
     batcher = Batcher(max_events=100, linger_s=10)
     for n, tracker in enumerate([a, a, b, a, c, c, b]):
-        record = KafkaRecord("usage", tracker.partition, n, None, b"x", 0)
+        record = Message(topic="usage", partition=tracker.partition, offset=n, value=b"x")
         event = MeterEvent(f"id-{n}", "api_requests", "2026-11-23T00:00:00.000Z", {"value": "1"})
         batcher.add(Item(event, record, tracker), now=0)
     batch = batcher.flush()
