@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Context, Decimal
 from typing import Any
 
@@ -48,14 +48,21 @@ def read_long(buf: bytes, pos: int) -> tuple[int, int]:
     return (n >> 1) ^ -(n & 1), pos
 
 
-def compile_reader(schema: Any, named: Mapping[str, Any]) -> tuple[CompiledReader, str]:
+def compile_reader(
+    schema: Any, named: Mapping[str, Any], project: Sequence[str] | None = None
+) -> tuple[CompiledReader, str]:
     """Generate, compile and return a decode function for ``schema`` (as ``fastavro.parse_schema``
     returns it, logical types other than ``decimal`` already removed) and its source text.
 
     ``named`` maps full names to the definitions of named types, for the references by name.
+    ``project``: for a record schema, return the tuple of these top-level fields' values instead of
+    the record's dict (None for a name the record lacks): every byte is still read and checked, only
+    the dict the mapper would take apart again is not built.
     Raises ``UnsupportedSchema`` when the caller should fall back to fastavro.
     """
-    gen = _Generator(named)
+    gen = _Generator(named, project)
+    if project is not None and not _is_record(gen.resolve(schema)):
+        raise UnsupportedSchema("only a record's fields can be projected")
     try:
         gen.read(schema, "datum", 1)
     except (KeyError, TypeError, ValueError) as exc:  # a shape fastavro accepted but we do not know
@@ -86,6 +93,10 @@ def compile_reader(schema: Any, named: Mapping[str, Any]) -> tuple[CompiledReade
     return reader, source
 
 
+def _is_record(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "record"
+
+
 def _describe(schema: Any) -> str:
     if isinstance(schema, dict):
         return str(schema.get("name", schema.get("type")))
@@ -96,8 +107,9 @@ class _Generator:
     """Emits straight-line Python that reads one value per schema node; every read of a length or
     index checks it, so a bad byte ends in IndexError/ValueError, never a wrong value."""
 
-    def __init__(self, named: Mapping[str, Any]) -> None:
+    def __init__(self, named: Mapping[str, Any], project: Sequence[str] | None = None) -> None:
         self.named = named
+        self.project = project  # top-level fields to return as a tuple, or None for the whole record
         self.lines: list[str] = []
         self.constants: dict[str, Any] = {}
         self._count = 0
@@ -263,9 +275,15 @@ class _Generator:
             label = f"{name}.{field['name']}"
             self.emit(indent, f"# {label if label.isprintable() else repr(label)}")
             self.read(field["type"], variable, indent)
-            values.append(f"{field['name']!r}: {variable}")
+            values.append((field["name"], variable))
         self._expanding.pop()
-        self.emit(indent, f"{target} = {{{', '.join(values)}}}")
+        if self.project is not None and len(self._expanding) == 0:
+            # The outermost record, projected: its fields in the order asked for.
+            variables = dict(values)
+            items = ", ".join(variables.get(name, "None") for name in self.project)
+            self.emit(indent, f"{target} = ({items}{',' if len(self.project) == 1 else ''})")
+        else:
+            self.emit(indent, f"{target} = {{{', '.join(f'{name!r}: {v}' for name, v in values)}}}")
 
     def read_blocks(self, items: Any, target: str, indent: int, *, is_map: bool) -> None:
         """Arrays and maps: blocks of ``count`` items until a zero count; a negative count is

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,17 @@ class AvroSchema:
             with contextlib.suppress(UnsupportedSchema):  # recursive or odd: fastavro reads it
                 self.compiled, self.source = compile_reader(self.parsed, named)
         self.read: Reader = self.compiled or _fastavro_reader(self.parsed, None)
+
+    def projection(self, fields: Sequence[str]) -> CompiledReader | None:
+        """A compiled reader that returns the tuple of these top-level fields (``compile_reader``'s
+        ``project``), or None when this schema is not a record or is read by fastavro."""
+        if self.compiled is None:
+            return None
+        try:
+            reader, _source = compile_reader(self.parsed, self.named, project=fields)
+        except UnsupportedSchema:
+            return None
+        return reader
 
     @classmethod
     def from_text(cls, text: str, *, generate_reader: bool = True) -> AvroSchema:
@@ -121,7 +132,7 @@ class Decoder:
     def decode(self, data: bytes | None) -> Any:
         """The record value as this topic's schema shapes it (a dict for a record schema)."""
         if data is None:
-            raise DecodeError("record value: null (a tombstone), not a usage record", code="tombstone")
+            raise _tombstone()
         if self.confluent:
             read, start = self._confluent_reader(data), CONFLUENT_HEADER
         else:
@@ -129,9 +140,41 @@ class Decoder:
         try:
             return read(data, start)
         except _BAD_BYTES as exc:
-            raise DecodeError(
-                f"record value: not a {self.schema.name} in Avro ({exc})", code="undecodable"
-            ) from exc
+            raise self._undecodable(exc) from exc
+
+    def fields_reader(self, project: CompiledReader) -> Callable[[bytes | None], tuple[Any, ...] | None]:
+        """A function reading a value's top-level fields with ``project`` (a ``projection`` of this
+        topic's schema), raising what ``decode`` raises; it returns None for a Confluent value written
+        with another schema, which only ``decode`` reads."""
+        undecodable = self._undecodable
+        if not self.confluent:
+
+            def read_raw(data: bytes | None) -> tuple[Any, ...] | None:
+                if data is None:
+                    raise _tombstone()
+                try:
+                    fields: tuple[Any, ...] = project(data, 0)
+                except _BAD_BYTES as exc:
+                    raise undecodable(exc) from exc
+                return fields
+
+            return read_raw
+
+        def read_confluent(data: bytes | None) -> tuple[Any, ...] | None:
+            if data is None:
+                raise _tombstone()
+            if self._confluent_reader(data) is not self.schema.read:
+                return None
+            try:
+                fields: tuple[Any, ...] = project(data, CONFLUENT_HEADER)
+            except _BAD_BYTES as exc:
+                raise undecodable(exc) from exc
+            return fields
+
+        return read_confluent
+
+    def _undecodable(self, exc: Exception) -> DecodeError:
+        return DecodeError(f"record value: not a {self.schema.name} in Avro ({exc})", code="undecodable")
 
     def _confluent_reader(self, data: bytes) -> Reader:
         if len(data) < CONFLUENT_HEADER:
@@ -167,6 +210,10 @@ class Decoder:
             # cached, so garbage ids cannot fill memory.
             return _refusing(f"record value: schema id {schema_id} is not a usable Avro schema ({exc})")
         return self.schema.reader_for(writer)
+
+
+def _tombstone() -> DecodeError:
+    return DecodeError("record value: null (a tombstone), not a usage record", code="tombstone")
 
 
 def registry_lookup(get_schema: Callable[[int], Any]) -> SchemaLookup:

@@ -39,6 +39,9 @@ _DEFAULTS = {f.name: f.default for f in fields(TopicSettings)}
 # name) for a top-level field, a C call; (_dig, steps) for a dotted path; (_nothing, None) for an
 # unconfigured field. Pairs rather than closures: a closure per field cost ~0.1 µs per record.
 Accessor = tuple[Callable[[dict[str, Any], Any], Any], Any]
+# What the rules take: (customer, value, timestamp, identifier, then one value per payload field).
+_Fields = tuple[Any, ...]
+_Rules = Callable[[_Fields, str, int, int, "int | None", int], MeterEvent]
 # tuple.__new__ is what MeterEvent(...) calls after a Python-level __new__ of its own.
 _new_event: Callable[[tuple[str, str, str, dict[str, str]]], MeterEvent] = functools.partial(
     tuple.__new__, MeterEvent
@@ -95,14 +98,43 @@ class Mapper:
         self._micros = any(_logical(t) in _MICROS_TYPES for t in timestamp_types or ())
         # (payload key for a scalar field, accessor): a scalar is copied under its own field name.
         self._payload_fields: list[tuple[str, Callable[[dict[str, Any], Any], Any], Any]] = []
+        payload_paths: list[str] = []
         for path in settings.payload_fields:
             accessor = field("payload_fields", path, lambda t: True, "")
             if accessor is not None:
                 self._payload_fields.append((path.rsplit(".", 1)[-1], *accessor))
+                payload_paths.append(path)
         if problems or customer is None or value is None:
             raise ConfigurationError([f"topic {settings.name}: {p}" for p in problems])
         self._customer: Accessor = customer
         self._value: Accessor = value
+
+        # The fast path: when every field used is a top-level field of a compiled record schema, the
+        # decoder hands over just those fields as a tuple (no record dict to build and take apart).
+        # "" names no Avro field, so an unused role reads as None, as its accessor would.
+        paths = [
+            settings.customer_field,
+            settings.value_field,
+            settings.timestamp_field if timestamp is not None else "",
+            settings.identifier_field if identifier is not None else "",
+            *payload_paths,
+        ]
+        project = None if any("." in p for p in paths) else schema.projection(paths)
+        self._read_fields = None if project is None else self.decoder.fields_reader(project)
+        # A single payload field that is a map of strings arrives from the compiled decoder as a new
+        # dict of text: it becomes the payload itself instead of being checked and copied into one.
+        copied_types = schema.types_at(payload_paths[0]) if len(payload_paths) == 1 else None
+        adoptable = bool(copied_types) and all(
+            _base(t) == "null" or _is_text_map(t) for t in copied_types or ()
+        )
+        self._apply = self._rules(adopt=False)
+        self._apply_projected = self._rules(adopt=adoptable)
+
+    @property
+    def projects_fields(self) -> bool:
+        """True when this topic's records decode straight into the fields the rules read (every
+        field used is a top-level field of a compiled record schema)."""
+        return self._read_fields is not None
 
     def map_record(self, record: KafkaRecord, now_ms: int) -> MeterEvent:
         """Decode and map one consumed record; ``now_ms`` bounds its timestamp."""
@@ -122,7 +154,13 @@ class Mapper:
         """Decode and map the value of the record at ``topic[partition]@offset`` (the pipeline's hot
         path: the pieces of a record, without making one)."""
         try:
-            return self._map(self._decode(value), topic, partition, offset, kafka_timestamp_ms, now_ms)
+            if self._read_fields is not None:
+                fields = self._read_fields(value)
+                if fields is not None:
+                    return self._apply_projected(fields, topic, partition, offset, kafka_timestamp_ms, now_ms)
+            return self._apply(
+                self._extract(self._decode(value)), topic, partition, offset, kafka_timestamp_ms, now_ms
+            )
         except RecordRejected as exc:
             raise exc.at(Coordinates(topic, partition, offset)) from None
 
@@ -133,101 +171,131 @@ class Mapper:
         absent timestamp field, ``now_ms`` bounds the timestamp."""
         topic, partition, offset = coordinates
         try:
-            return self._map(record, topic, partition, offset, kafka_timestamp_ms, now_ms)
+            return self._apply(self._extract(record), topic, partition, offset, kafka_timestamp_ms, now_ms)
         except RecordRejected as exc:
             raise exc.at(coordinates) from None
 
-    def _map(
-        self,
-        record: Any,
-        topic: str,
-        partition: int,
-        offset: int,
-        kafka_timestamp_ms: int | None,
-        now_ms: int,
-    ) -> MeterEvent:
+    def _extract(self, record: Any) -> _Fields:
+        """The values the rules need, out of a decoded record: (customer, value, timestamp,
+        identifier, one value per payload field), each None where absent."""
         if type(record) is not dict:
             if not isinstance(record, Mapping):
                 raise MappingError(f"record: a {type(record).__name__}, not a record", code="not_a_record")
             record = dict(record)
+        customer_get, customer_key = self._customer
+        value_get, value_key = self._value
+        timestamp_get, timestamp_key = self._timestamp
+        identifier_get, identifier_key = self._identifier
+        return (
+            customer_get(record, customer_key),
+            value_get(record, value_key),
+            timestamp_get(record, timestamp_key),
+            identifier_get(record, identifier_key),
+            *(get(record, path) for _name, get, path in self._payload_fields),
+        )
 
-        get, key = self._customer
-        customer = get(record, key)
-        if type(customer) is not str or not customer or customer.isspace():
-            raise MappingError(
-                f"{self.settings.customer_field}: no customer id ({_show(customer)})", code="missing_customer"
-            )
-        get, key = self._value
-        value = get(record, key)
-        if type(value) is int and -_MAX_EXACT < value < _MAX_EXACT:
-            value_text = str(value)  # the commonest case, without a call
-        elif value is None:
-            raise MappingError(f"{self.settings.value_field}: no value", code="missing_value")
-        else:
-            value_text = format_value(value, self.settings.value_field)
+    def _rules(self, adopt: bool) -> _Rules:
+        """The mapping rules over the extracted values, as a closure over this mapper's settings (the
+        hot path reads locals, not attributes). ``adopt``: the one payload field is a new dict of text
+        (from the compiled decoder), taken over as the payload."""
+        settings = self.settings
+        customer_field, value_field = settings.customer_field, settings.value_field
+        identifier_field = settings.identifier_field
+        event_name = self._event_name
+        customer_key, value_key = self._customer_key, self._value_key
+        max_past_ms, max_future_ms = self._max_past_ms, self._max_future_ms
+        micros = self._micros
+        seconds, second_prefix, parse_time = self._seconds, self._second_prefix, self._parse_time
+        out_of_range = self._out_of_range
+        id_prefixes = self._id_prefixes
+        payload_names = [name for name, _get, _path in self._payload_fields]
 
-        # The Kafka timestamp stands in for an absent field: it is stored with the record, so a
-        # replay maps to the same time.
-        get, key = self._timestamp
-        timestamp = get(record, key)
-        if timestamp is None:
-            if type(kafka_timestamp_ms) is not int or kafka_timestamp_ms < 0:
+        def apply(
+            fields: _Fields,
+            topic: str,
+            partition: int,
+            offset: int,
+            kafka_timestamp_ms: int | None,
+            now_ms: int,
+        ) -> MeterEvent:
+            customer = fields[0]
+            value = fields[1]
+            timestamp = fields[2]
+            identifier = fields[3]
+            if type(customer) is not str or not customer or customer.isspace():
                 raise MappingError(
-                    f"{self.settings.timestamp_field or 'timestamp'}: absent, and the Kafka record has none",
-                    code="missing_timestamp",
+                    f"{customer_field}: no customer id ({_show(customer)})", code="missing_customer"
                 )
-            millis = kafka_timestamp_ms
-        elif type(timestamp) is int:
-            millis = timestamp // 1000 if self._micros else timestamp
-        else:
-            millis = self._parse_time(timestamp)
-        if not now_ms - self._max_past_ms <= millis <= now_ms + self._max_future_ms:
-            raise self._out_of_range(millis, now_ms, from_kafka=timestamp is None)
-        second, ms = divmod(millis, 1000)
-        prefix = self._seconds.get(second)
-        if prefix is None:
-            prefix = self._second_prefix(second)
+            if type(value) is int and -_MAX_EXACT < value < _MAX_EXACT:
+                value_text = str(value)  # the commonest case, without a call
+            elif value is None:
+                raise MappingError(f"{value_field}: no value", code="missing_value")
+            else:
+                value_text = format_value(value, value_field)
 
-        get, key = self._identifier
-        identifier = get(record, key)
-        if identifier is None:
-            id_prefix = self._id_prefixes.get(topic)
-            if id_prefix is None:
-                id_prefix = self._id_prefixes[topic] = identifier_prefix(topic)
-            identifier = f"{id_prefix}{partition}:{offset}"
-            if len(identifier) > MAX_IDENTIFIER:  # only with coordinates Kafka never produces
-                raise MappingError(f"coordinates: {identifier!r} is too long", code="identifier_too_long")
-        elif type(identifier) is not str or not identifier:
-            raise MappingError(
-                f"{self.settings.identifier_field}: {_show(identifier)} is not a non-empty string",
-                code="invalid_identifier",
-            )
-        elif len(identifier) > MAX_IDENTIFIER:
-            raise MappingError(
-                f"{self.settings.identifier_field}: {len(identifier)} characters, at most {MAX_IDENTIFIER}",
-                code="identifier_too_long",
-            )
+            # The Kafka timestamp stands in for an absent field: it is stored with the record, so a
+            # replay maps to the same time.
+            if timestamp is None:
+                if type(kafka_timestamp_ms) is not int or kafka_timestamp_ms < 0:
+                    raise MappingError(
+                        f"{settings.timestamp_field or 'timestamp'}: absent, and the Kafka record has none",
+                        code="missing_timestamp",
+                    )
+                millis = kafka_timestamp_ms
+            elif type(timestamp) is int:
+                millis = timestamp // 1000 if micros else timestamp
+            else:
+                millis = parse_time(timestamp)
+            if not now_ms - max_past_ms <= millis <= now_ms + max_future_ms:
+                raise out_of_range(millis, now_ms, from_kafka=timestamp is None)
+            second, ms = divmod(millis, 1000)
+            prefix = seconds.get(second)
+            if prefix is None:
+                prefix = second_prefix(second)
 
-        payload: dict[str, str] = {}
-        for name, get, path in self._payload_fields:
-            copied = get(record, path)
-            if copied is None:
-                continue
-            if type(copied) is not dict:
-                payload[name] = payload_text(copied, name)
-                continue
-            # A map or a record: its entries become payload keys. str.join checks in C that every
-            # key and value is text, as in an Avro map of strings; anything else is converted.
-            try:
-                "".join(copied)
-                "".join(copied.values())
-            except TypeError:
-                copied = _text_entries(copied, name)
-            payload.update(copied)
-        # Assigned last so a copied attribute can never replace the customer or the value.
-        payload[self._customer_key] = customer
-        payload[self._value_key] = value_text
-        return _new_event((identifier, self._event_name, prefix + _MILLIS[ms], payload))
+            if identifier is None:
+                id_prefix = id_prefixes.get(topic)
+                if id_prefix is None:
+                    id_prefix = id_prefixes[topic] = identifier_prefix(topic)
+                identifier = f"{id_prefix}{partition}:{offset}"
+                if len(identifier) > MAX_IDENTIFIER:  # only with coordinates Kafka never produces
+                    raise MappingError(f"coordinates: {identifier!r} is too long", code="identifier_too_long")
+            elif type(identifier) is not str or not identifier:
+                raise MappingError(
+                    f"{identifier_field}: {_show(identifier)} is not a non-empty string",
+                    code="invalid_identifier",
+                )
+            elif len(identifier) > MAX_IDENTIFIER:
+                raise MappingError(
+                    f"{identifier_field}: {len(identifier)} characters, at most {MAX_IDENTIFIER}",
+                    code="identifier_too_long",
+                )
+
+            if adopt:
+                payload: dict[str, str] = fields[4] if fields[4] is not None else {}
+            else:
+                payload = {}
+                for name, copied in zip(payload_names, fields[4:], strict=True):
+                    if copied is None:
+                        continue
+                    if type(copied) is not dict:
+                        payload[name] = payload_text(copied, name)
+                        continue
+                    # A map or a record: its entries become payload keys. str.join checks in C that
+                    # every key and value is text, as in an Avro map of strings; anything else is
+                    # converted.
+                    try:
+                        "".join(copied)
+                        "".join(copied.values())
+                    except TypeError:
+                        copied = _text_entries(copied, name)
+                    payload.update(copied)
+            # Assigned last so a copied attribute can never replace the customer or the value.
+            payload[customer_key] = customer
+            payload[value_key] = value_text
+            return _new_event((identifier, event_name, prefix + _MILLIS[ms], payload))
+
+        return apply
 
     def _out_of_range(self, millis: int, now_ms: int, from_kafka: bool) -> MappingError:
         source = "the Kafka timestamp" if from_kafka else self.settings.timestamp_field
@@ -477,6 +545,14 @@ def _base(schema: Any) -> str:
 
 def _logical(schema: Any) -> str | None:
     return schema.get("logicalType") if isinstance(schema, dict) else None
+
+
+def _is_text_map(schema: Any) -> bool:
+    """A map whose values are plain strings (not a union, which may hold other types)."""
+    if not isinstance(schema, dict) or schema.get("type") != "map":
+        return False
+    values = schema.get("values")
+    return values == "string" or (isinstance(values, dict) and values.get("type") == "string")
 
 
 def _is_string(schema: Any) -> bool:

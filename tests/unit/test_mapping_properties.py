@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import re
+import tempfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -197,3 +200,160 @@ def test_timestamps_match_datetime(millis: int) -> None:
     event = FOREVER.map(record, Coordinates("t", 0, 0), None, 0)
     expected = EPOCH + timedelta(milliseconds=millis)
     assert event.timestamp == expected.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# The fast path (fields decoded straight into a tuple, the one map-of-strings payload field taken over)
+# must agree with the general one (decode to a dict, then map) on every input: same event, or a
+# rejection with the same class, code and reason. A wide schema puts every type in every role.
+WIDE_SCHEMA = {
+    "type": "record",
+    "name": "Wide",
+    "fields": [
+        {"name": "id", "type": ["null", "string", "long"]},
+        {"name": "cust", "type": ["null", "string", "long"]},
+        {
+            "name": "qty",
+            "type": [
+                "null",
+                "int",
+                "long",
+                "float",
+                "double",
+                "string",
+                "boolean",
+                {"type": "bytes", "logicalType": "decimal", "precision": 20, "scale": 4},
+            ],
+        },
+        {"name": "at", "type": ["null", "long", "string"]},
+        {"name": "micros", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "region", "type": ["null", "string", "long", "double", "boolean"]},
+        {"name": "dims", "type": ["null", {"type": "map", "values": ["null", "string", "long"]}]},
+        {"name": "labels", "type": {"type": "map", "values": "string"}},
+    ],
+}
+_WIDE_DIR = Path(tempfile.mkdtemp(prefix="kafka-stripe-wide-"))
+(_WIDE_DIR / "wide.avsc").write_text(json.dumps(WIDE_SCHEMA))
+WIDE = TopicSettings(
+    name="wide",
+    event_name="api_requests",
+    schema_path=_WIDE_DIR / "wide.avsc",
+    customer_field="cust",
+    value_field="qty",
+    timestamp_field="at",
+    identifier_field="id",
+    payload_fields=("region", "dims", "labels"),
+)
+WIDE_MAPPERS = [
+    Mapper(WIDE),
+    Mapper(dataclasses.replace(WIDE, payload_fields=("labels",))),  # adopted: a map of strings
+    Mapper(dataclasses.replace(WIDE, payload_fields=("dims",))),  # not adopted: values of any type
+    Mapper(dataclasses.replace(WIDE, timestamp_field="micros", identifier_field="", payload_fields=())),
+    Mapper(dataclasses.replace(WIDE, payload_fields=("labels",), customer_key="region", value_key="zone")),
+]
+SHORT_TEXT = st.sampled_from(["", " ", "cus_1", "x" * 101, "2026-11-23T10:00:00Z", "12.5"]) | TEXT
+LONGS = st.integers(-(2**63), 2**63 - 1)
+# Each role draws a valid value about half the time, so that many records map and their events compare.
+WIDE_RECORDS = st.fixed_dictionaries(
+    {
+        "id": st.none() | st.sampled_from(["req_1", "req_2"]) | SHORT_TEXT | LONGS,
+        "cust": st.sampled_from(["cus_1", "cus_2"]) | SHORT_TEXT | st.none() | LONGS,
+        "qty": st.integers(-(2**31), 2**31 - 1)
+        | LONGS
+        | st.floats(width=32)
+        | st.floats()
+        | SHORT_TEXT
+        | st.integers(-(10**19) + 1, 10**19 - 1).map(lambda u: Decimal(u).scaleb(-4))
+        | st.none()
+        | st.booleans(),
+        "at": WINDOW | st.none() | LONGS | SHORT_TEXT,
+        "micros": WINDOW.map(lambda ms: ms * 1000 + 999),
+        "region": st.none() | SHORT_TEXT | LONGS | st.floats() | st.booleans(),
+        "dims": st.none() | st.dictionaries(TEXT, st.none() | TEXT | LONGS, max_size=3),
+        "labels": st.dictionaries(
+            st.sampled_from(["stripe_customer_id", "value", "region", "zone"]) | TEXT, TEXT, max_size=3
+        ),
+    }
+)
+
+
+def outcome(map_it: Any) -> tuple[Any, ...]:
+    try:
+        return ("event", map_it())
+    except RecordRejected as rejected:
+        return ("rejected", type(rejected), rejected.code, rejected.reason)
+
+
+def wide_encode(record: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(WIDE_SCHEMA), record)
+    return buffer.getvalue()
+
+
+def test_the_fast_path_is_taken_where_it_applies() -> None:
+    assert MAPPER.projects_fields and CONFLUENT.projects_fields
+    assert all(mapper.projects_fields for mapper in WIDE_MAPPERS)
+    nested = Mapper(dataclasses.replace(WIDE, payload_fields=("labels.region",)))
+    assert not nested.projects_fields  # a dotted path: the general path digs it out
+
+
+@settings(max_examples=600, deadline=None)
+@given(record=WIDE_RECORDS, kafka_ts=st.none() | WINDOW, data=st.data())
+def test_fast_path_agrees_with_the_general_path(
+    record: dict[str, Any], kafka_ts: int | None, data: Any
+) -> None:
+    value = wide_encode(record)
+    at = Coordinates("wide", 3, 42)
+    for mapper in WIDE_MAPPERS:
+        fast = outcome(lambda mapper=mapper: mapper.map_value(value, *at, kafka_ts, NOW))
+        general = outcome(lambda mapper=mapper: mapper.map(mapper.decoder.decode(value), at, kafka_ts, NOW))
+        assert fast == general
+    # Damaged bytes: the same rejection both ways.
+    cut = data.draw(st.integers(0, len(value)))
+    damaged = value[:cut] + data.draw(st.binary(max_size=3))
+    for mapper in WIDE_MAPPERS[:2]:
+        fast = outcome(lambda mapper=mapper: mapper.map_value(damaged, *at, kafka_ts, NOW))
+        general = outcome(lambda mapper=mapper: mapper.map(mapper.decoder.decode(damaged), at, kafka_ts, NOW))
+        assert fast == general
+
+
+@settings(max_examples=300, deadline=None)
+@given(record=TYPED_RECORDS, kafka_ts=st.none() | WINDOW)
+def test_fast_path_agrees_with_the_general_path_on_the_default_schema(
+    record: dict[str, Any], kafka_ts: int | None
+) -> None:
+    value = encode(record)
+    at = Coordinates("usage", 0, 7)
+    for mapper, data in ((MAPPER, value), (CONFLUENT, b"\x00\x00\x00\x00\x01" + value)):
+        fast = outcome(lambda mapper=mapper, data=data: mapper.map_value(data, *at, kafka_ts, NOW))
+        general = outcome(
+            lambda mapper=mapper, data=data: mapper.map(mapper.decoder.decode(data), at, kafka_ts, NOW)
+        )
+        assert fast == general
+
+
+def test_fast_path_keeps_copied_entries_and_lets_customer_and_value_win() -> None:
+    record = {
+        "id": None,
+        "cust": "cus_1",
+        "qty": 5,
+        "at": NOW - 1_000,
+        "micros": NOW * 1000,
+        "region": "eu",
+        "dims": {"tier": "gold", "n": 3, "gone": None},
+        "labels": {"region": "us", "zone": "z9", "stripe_customer_id": "cus_forged"},
+    }
+    value = wide_encode(record)
+    at = Coordinates("wide", 3, 42)
+    payloads = [mapper.map_value(value, *at, None, NOW).payload for mapper in WIDE_MAPPERS]
+    for mapper, payload in zip(WIDE_MAPPERS, payloads, strict=True):
+        assert payload == mapper.map(mapper.decoder.decode(value), at, None, NOW).payload
+    assert payloads[0] == {
+        "region": "us",
+        "tier": "gold",
+        "n": "3",
+        "zone": "z9",
+        "stripe_customer_id": "cus_1",
+        "value": "5",
+    }
+    assert payloads[1] == {"region": "us", "zone": "z9", "stripe_customer_id": "cus_1", "value": "5"}
+    assert payloads[4] == {"region": "cus_1", "zone": "5", "stripe_customer_id": "cus_forged"}
