@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NamedTuple, Protocol
@@ -115,6 +115,7 @@ class _SenderThread:
         self._sender: BatchSender | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="kafka-stripe-sender", daemon=True)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._thread.start()
@@ -158,7 +159,15 @@ class _SenderThread:
                 result = _Failed(f"{type(exc).__name__}: {exc}", fatal=False)
             done(batch, result)
 
-        asyncio.run_coroutine_threadsafe(send(), self._loop)
+        # Not run_coroutine_threadsafe: nobody waits for a result here (done() hands it over), so the
+        # thread-safe future it chains to every batch would be pure overhead on the sender's thread.
+        self._loop.call_soon_threadsafe(self._start, send)
+
+    def _start(self, send: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = self._loop.create_task(send())
+        # The loop keeps only weak references to tasks: this set keeps each one until it is done.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def sender(self) -> BatchSender | None:
