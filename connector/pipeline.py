@@ -6,7 +6,7 @@ Two threads, one owner each:
   producer, the offset tracker and the batcher. Rebalance callbacks run on it (librdkafka calls them
   from ``consume``), so revoke handling can wait for in-flight work without racing the poll loop;
 * the **sender thread** runs an asyncio loop with the Stripe sender. Batches go to it with
-  ``run_coroutine_threadsafe``; results come back through a queue the consumer thread drains.
+  ``call_soon_threadsafe``; results come back through a queue the consumer thread drains.
 
 Only the consumer thread touches offsets, so no lock guards them. A record is done when Stripe
 accepted its batch or the dead-letter topic acknowledged it; the commit for a partition is the
