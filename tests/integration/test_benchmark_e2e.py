@@ -60,3 +60,22 @@ def test_quick_run_delivers_every_record_for_every_contender(tmp_path: Path) -> 
             assert row["committed"] == row["accepted"] == records, where
         if not row["scenario"].startswith("steady"):
             assert row["rate"] > 0 and row["cpu_us"] >= 0 and row["peak_rss"] > 0, where
+
+
+PIPELINE_SCRIPT = SCRIPT.parent / "pipeline.py"
+
+
+@pytest.mark.parametrize("latency", ["-1", "0"])
+def test_pipeline_benchmark_delivers_its_records(latency: str) -> None:
+    # The script exits non-zero unless every record was delivered; the figures themselves are not checked.
+    done = subprocess.run(
+        [sys.executable, str(PIPELINE_SCRIPT), "--records", "3000", "--repeat", "2", "--latency-ms", latency],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = [line for line in done.stdout.splitlines() if line.startswith("  run ")]
+    assert len(runs) == 2 and all("records/s" in line and "sender thread" in line for line in runs), (
+        done.stdout
+    )

@@ -1,0 +1,227 @@
+"""The pipeline without a broker: CPU per record of the consumer and sender threads, for quick A/B runs.
+
+``Pipeline`` runs as in ``kafka-stripe run`` (interpreter tuning, batching, offsets, completions), fed by
+a stand-in consumer that hands out real ``confluent_kafka.Message`` objects built before the clock starts
+(default-schema Avro values from ``benchmarks/mapping.py``'s realistic records, 8 partitions). The sender
+is the real ``MeterEventSender`` against ``kafka-stripe emulator --latency-ms N`` in a child process, or,
+with ``--latency-ms -1``, an instant stand-in that accepts every batch (the consumer thread alone).
+
+    python benchmarks/pipeline.py [--records 300000] [--latency-ms 50] [--repeat 3]
+
+Prints records/s and CPU µs per record of the consumer thread, the sender thread and the process, per
+run. It leaves out what only a broker costs (librdkafka fetching, ``consume()`` building messages), so its
+records/s run about 5% above ``benchmarks/e2e.py``'s at the same latency; it takes seconds instead of
+minutes, which is what A/B comparisons on a noisy machine need (alternate the two versions, several runs
+each). Never a test: timing on shared machines is noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+for _extra in (ROOT / "tests", ROOT / "benchmarks"):
+    if str(_extra) not in sys.path:
+        sys.path.insert(0, str(_extra))
+
+import fastavro  # noqa: E402
+from confluent_kafka import Message  # noqa: E402
+from e2e import records_now  # noqa: E402
+from pipeline_harness import SCHEMA, connector_env  # noqa: E402
+
+from connector import pipeline as pipeline_module  # noqa: E402
+from connector.emulator import EmulatorProcess  # noqa: E402
+from connector.pipeline import Pipeline, tune_interpreter  # noqa: E402
+from connector.records import MeterEvent  # noqa: E402
+from connector.sender import BatchResult, MeterEventSender, SenderStats  # noqa: E402
+from connector.settings import load_settings  # noqa: E402
+
+TOPIC = "usage"
+PARTITIONS = 8
+DISTINCT_VALUES = 10_000
+
+
+class _Partition:
+    def __init__(self, partition: int) -> None:
+        self.topic, self.partition = TOPIC, partition
+
+
+class StandInConsumer:
+    """Hands out pre-built messages ``consume()`` call by call; asks the pipeline to stop once every
+    record it handed out is done."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        self.messages = messages
+        self.next = 0
+        self.pipeline: Pipeline | None = None
+
+    def subscribe(self, topics: Sequence[str], on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
+        on_assign(self, [_Partition(p) for p in range(PARTITIONS)])
+
+    def consume(self, count: int, timeout: float) -> list[Any]:
+        if self.next >= len(self.messages):
+            if self.pipeline is not None and self.pipeline.progress.delivered >= len(self.messages):
+                self.pipeline.request_stop()
+            time.sleep(0.001)
+            return []
+        batch = self.messages[self.next : self.next + count]
+        self.next += len(batch)
+        return batch
+
+    def commit(self, offsets: Any = None, asynchronous: bool = True) -> None:
+        pass
+
+    def assignment(self) -> list[Any]:
+        return []
+
+    def pause(self, partitions: Any) -> None:
+        pass
+
+    def resume(self, partitions: Any) -> None:
+        pass
+
+    def get_watermark_offsets(self, partition: Any, cached: bool = True) -> tuple[int, int]:
+        return 0, -1
+
+    def close(self) -> None:
+        pass
+
+
+class StandInProducer:
+    """The dead-letter producer: nothing is dead-lettered with these records."""
+
+    def __init__(self, config: Any) -> None:
+        pass
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float | None = None) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+
+class InstantSender:
+    """Accepts every batch at once: what is left is the consumer thread's own cost."""
+
+    async def send(self, events: Sequence[MeterEvent]) -> BatchResult:
+        return BatchResult(len(events))
+
+    def stats(self) -> SenderStats:
+        return SenderStats(*(0 for _ in SenderStats._fields))
+
+    async def aclose(self) -> None:
+        pass
+
+
+def build_messages(count: int) -> list[Any]:
+    values = []
+    for record in records_now(DISTINCT_VALUES):
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, SCHEMA, record)
+        values.append(buffer.getvalue())
+    now_ms = int(time.time() * 1000)
+    offsets = [0] * PARTITIONS
+    messages = []
+    for n in range(count):
+        partition = n % PARTITIONS
+        messages.append(
+            Message(
+                topic=TOPIC,
+                partition=partition,
+                offset=offsets[partition],
+                value=values[n % DISTINCT_VALUES],
+                timestamp=(1, now_ms),
+            )
+        )
+        offsets[partition] += 1
+    return messages
+
+
+def run_once(messages: list[Any], url: str | None) -> dict[str, float]:
+    env = connector_env("127.0.0.1:1", url or "http://127.0.0.1:1", [TOPIC], "bench-pipeline")
+    env.pop("CONNECTOR_COMMIT_INTERVAL_MS", None)  # the defaults, as in the end-to-end benchmark
+    env.pop("CONNECTOR_LINGER_MS", None)
+    settings = load_settings(env)
+    consumer = StandInConsumer(messages)
+
+    def sender() -> Any:
+        if url is None:
+            return InstantSender()
+        return MeterEventSender.from_settings(settings.stripe, settings.sender)
+
+    pipeline = Pipeline(
+        settings, sender, consumer_factory=lambda _config: consumer, producer_factory=StandInProducer
+    )
+    consumer.pipeline = pipeline
+    sender_cpu: list[float] = []
+    stop = pipeline_module._SenderThread.stop
+
+    def stop_and_measure(self: Any, timeout: float = 5.0) -> None:
+        async def thread_time() -> float:
+            return time.thread_time()
+
+        if self._loop.is_running():
+            sender_cpu.append(asyncio.run_coroutine_threadsafe(thread_time(), self._loop).result(5))
+        stop(self, timeout)
+
+    pipeline_module._SenderThread.stop = stop_and_measure  # type: ignore[method-assign]
+    try:
+        started, consumer_cpu, process_cpu = time.perf_counter(), time.thread_time(), time.process_time()
+        status = pipeline.run()
+        elapsed = time.perf_counter() - started
+        consumer_cpu = time.thread_time() - consumer_cpu
+        process_cpu = time.process_time() - process_cpu
+    finally:
+        pipeline_module._SenderThread.stop = stop  # type: ignore[method-assign]
+    count = len(messages)
+    if status != 0 or pipeline.progress.delivered != count:
+        raise SystemExit(f"run failed: exit {status}, {pipeline.progress.delivered} of {count} delivered")
+    return {
+        "rate": count / elapsed,
+        "consumer_us": consumer_cpu / count * 1e6,
+        "sender_us": (sender_cpu[0] if sender_cpu else 0.0) / count * 1e6,
+        "process_us": process_cpu / count * 1e6,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=300_000)
+    parser.add_argument("--latency-ms", type=int, default=50, help="emulator latency; -1: instant stand-in")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    messages = build_messages(args.records)
+    tune_interpreter()
+    emulator = EmulatorProcess(latency_ms=args.latency_ms) if args.latency_ms >= 0 else None
+    url = emulator.start() if emulator is not None else None
+    where = f"emulator {args.latency_ms} ms away" if url else "instant stand-in sender"
+    print(f"pipeline benchmark: {args.records:,} records, {where}, {os.cpu_count()} cores")
+    try:
+        for run in range(args.repeat):
+            figures = run_once(messages, url)
+            print(
+                f"  run {run + 1}: {figures['rate']:9,.0f} records/s; CPU µs/record: consumer thread "
+                f"{figures['consumer_us']:5.2f}, sender thread {figures['sender_us']:5.2f}, "
+                f"process {figures['process_us']:5.2f}"
+            )
+    finally:
+        if emulator is not None:
+            emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
