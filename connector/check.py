@@ -210,12 +210,18 @@ def _meters(settings: Settings) -> list[Any]:
     return meters
 
 
-def _skipped_after_stripe_failure(name: str, settings: Settings) -> CheckResult | None:
-    """Within ``run_checks``, a meter check is skipped when the ``stripe`` check already failed."""
+def _meters_for(name: str, settings: Settings) -> list[Any] | CheckResult:
+    """The meters a meter-based check works on, or its result when it cannot: skipped within
+    ``run_checks`` when the ``stripe`` check already failed, failed when listing the meters fails."""
+    from connector.stripe_api import StripeApiError
+
     cache = _RUN_CACHE.get()
     if cache is not None and isinstance(cache.get("meters"), Exception):
         return CheckResult(name, "skipped", "not checked: Stripe could not be asked (see the stripe check)")
-    return None
+    try:
+        return _meters(settings)
+    except StripeApiError as exc:
+        return CheckResult(name, "failed", settings.scrub(f"could not list the meters: {exc}"))
 
 
 def check_stripe(settings: Settings) -> CheckResult:
@@ -252,15 +258,9 @@ def check_stripe(settings: Settings) -> CheckResult:
 
 def check_meters(settings: Settings) -> CheckResult:
     """Each topic's event_name has an active meter whose customer and value payload keys match."""
-    from connector.stripe_api import StripeApiError
-
-    skipped = _skipped_after_stripe_failure("meters", settings)
-    if skipped is not None:
-        return skipped
-    try:
-        meters = _meters(settings)
-    except StripeApiError as exc:
-        return CheckResult("meters", "failed", settings.scrub(f"could not list the meters: {exc}"))
+    meters = _meters_for("meters", settings)
+    if isinstance(meters, CheckResult):
+        return meters
     details: list[str] = []
     problems = 0
     active_names = sorted({m.event_name for m in meters if m.active})
@@ -322,13 +322,9 @@ def check_billing(settings: Settings) -> CheckResult:
     """An active metered price (or plan) bills each topic's meter; a warning when none does."""
     from connector.stripe_api import StripeApiError
 
-    skipped = _skipped_after_stripe_failure("billing", settings)
-    if skipped is not None:
-        return skipped
-    try:
-        meters = _meters(settings)
-    except StripeApiError as exc:
-        return CheckResult("billing", "failed", settings.scrub(f"could not list the meters: {exc}"))
+    meters = _meters_for("billing", settings)
+    if isinstance(meters, CheckResult):
+        return meters
     details: list[str] = []
     unbilled = 0
     checked = 0

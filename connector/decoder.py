@@ -146,32 +146,23 @@ class Decoder:
         """A function reading a value's top-level fields with ``project`` (a ``projection`` of this
         topic's schema), raising what ``decode`` raises; it returns None for a Confluent value written
         with another schema, which only ``decode`` reads."""
-        undecodable = self._undecodable
-        if not self.confluent:
 
-            def read_raw(data: bytes | None) -> tuple[Any, ...] | None:
-                if data is None:
-                    raise _tombstone()
-                try:
-                    fields: tuple[Any, ...] = project(data, 0)
-                except _BAD_BYTES as exc:
-                    raise undecodable(exc) from exc
-                return fields
-
-            return read_raw
-
-        def read_confluent(data: bytes | None) -> tuple[Any, ...] | None:
+        def read_fields(data: bytes | None) -> tuple[Any, ...] | None:
             if data is None:
                 raise _tombstone()
-            if self._confluent_reader(data) is not self.schema.read:
-                return None
+            if self.confluent:
+                if self._confluent_reader(data) is not self.schema.read:
+                    return None
+                start = CONFLUENT_HEADER
+            else:
+                start = 0
             try:
-                fields: tuple[Any, ...] = project(data, CONFLUENT_HEADER)
+                fields: tuple[Any, ...] = project(data, start)
             except _BAD_BYTES as exc:
-                raise undecodable(exc) from exc
+                raise self._undecodable(exc) from exc
             return fields
 
-        return read_confluent
+        return read_fields
 
     def _undecodable(self, exc: Exception) -> DecodeError:
         return DecodeError(f"record value: not a {self.schema.name} in Avro ({exc})", code="undecodable")

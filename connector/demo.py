@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import httpx
 
-from connector.settings import DEFAULT_SCHEMA
+from connector.settings import DEFAULT_SCHEMA, ENV_PREFIXES
 
 TOPIC = "usage"
 DLQ_TOPIC = f"{TOPIC}.dlq"  # the connector's default dead-letter topic name for TOPIC
@@ -65,9 +65,6 @@ CUSTOMER_NAMES = (
 )
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2")
 ENDPOINTS = ("/v1/search", "/v1/embeddings", "/v1/chat/completions", "/v1/images")
-# Prefixes of variables that configure the connector: the caller's own must not leak into the demo's
-# connector (an exported KAFKA_BOOTSTRAP_SERVERS would send it to another cluster).
-CONNECTOR_ENV_PREFIXES = ("KAFKA_", "STRIPE_", "TOPIC_", "CONNECTOR_", "SCHEMA_REGISTRY_")
 
 
 class DemoError(Exception):
@@ -362,7 +359,9 @@ def render_table(headers: list[str], rows: list[list[str]], right: set[int]) -> 
 def _connector_env(bootstrap: str, stripe_url: str) -> dict[str, str]:
     from connector.embedded import TANSU_CONSUMER_SETTINGS
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(CONNECTOR_ENV_PREFIXES)}
+    # The caller's connector variables must not leak into the demo's connector (an exported
+    # KAFKA_BOOTSTRAP_SERVERS would send it to another cluster).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
     env.update(
         {
             "PYTHONUNBUFFERED": "1",

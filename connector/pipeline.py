@@ -361,9 +361,10 @@ class Pipeline:
             assert map_value is not None
             tracker.track(offset)
             consumed += 1
-            ts_type, ts = message.timestamp()
             try:
-                event = map_value(message.value(), topic, partition, offset, ts if ts_type else None, now_ms)
+                event = map_value(
+                    message.value(), topic, partition, offset, kafka_timestamp_ms(message), now_ms
+                )
             except RecordRejected as exc:
                 self._dead_letter(KafkaRecord.from_message(message), exc, tracker)
                 continue
@@ -422,13 +423,9 @@ class Pipeline:
             self._degraded_until = self._clock() + DEGRADED_HOLD_S
         items = batch.items
         delivered = result.delivered
-        if len(delivered) == len(items):
-            for _event, message, tracker in items:
-                tracker.done(message.offset())
-        else:
-            for index in delivered:
-                _event, message, tracker = items[index]
-                tracker.done(message.offset())
+        for index in delivered:
+            _event, message, tracker = items[index]
+            tracker.done(message.offset())
         self.progress.delivered += len(delivered)
         # Two samples per batch (its first and last delivered record) keep the histogram cheap.
         self.telemetry.batch_done(

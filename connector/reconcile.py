@@ -410,33 +410,28 @@ def compare(
     rows: list[Row] = []
     for customer in customers:
         mine = {w: v for (c, w), v in expected.items() if c == customer}
+        theirs: dict[int, float] | None
         try:
             summaries = client.meter_event_summaries(meter_id, customer, start, end, window)
         except StripeApiError as exc:
             if exc.status != 400:  # the key, the meter or the network: nothing per customer about it
                 raise
-            note = f"Stripe: {exc.detail}"  # e.g. "No such customer: 'cus_…'"
-            for window_start in sorted(mine) or [start]:
-                rows.append(
-                    Row(
-                        customer,
-                        window_start,
-                        window_start + size,
-                        mine.get(window_start, Decimal(0)),
-                        None,
-                        note,
-                    )
-                )
-            continue
-        theirs = {s.start_time: s.aggregated_value for s in summaries if start <= s.start_time < end}
-        for window_start in sorted(set(mine) | set(theirs)):
+            theirs, note = None, f"Stripe: {exc.detail}"  # e.g. "No such customer: 'cus_…'"
+            windows = sorted(mine) or [start]
+        else:
+            theirs = {s.start_time: s.aggregated_value for s in summaries if start <= s.start_time < end}
+            note = ""
+            windows = sorted(set(mine) | set(theirs))
+        for window_start in windows:
+            stripe_value = None if theirs is None else theirs.get(window_start, 0.0)
             rows.append(
                 Row(
                     customer,
                     window_start,
                     window_start + size,
                     mine.get(window_start, Decimal(0)),
-                    theirs.get(window_start, 0.0),
+                    stripe_value,
+                    note,
                 )
             )
     return rows

@@ -39,6 +39,9 @@ DEFAULT_API_VERSION = "2024-09-30.acacia"
 MIN_API_VERSION_DATE = dt.date(2024, 9, 30)
 DEFAULT_GROUP_ID = "kafka-stripe"
 STRIPE_KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
+# Every variable the connector reads starts with one of these (the demo and the tests clear them so that
+# the caller's own settings cannot leak into a connector they start).
+ENV_PREFIXES = ("KAFKA_", "STRIPE_", "TOPIC_", "CONNECTOR_", "SCHEMA_REGISTRY_")
 MASK = "**********"
 
 OnInvalid = Literal["dlq", "fail"]

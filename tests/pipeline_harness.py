@@ -13,13 +13,16 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastavro
 import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from connector.settings import DEFAULT_SCHEMA
+from connector.settings import DEFAULT_SCHEMA, ENV_PREFIXES
+
+if TYPE_CHECKING:
+    import pytest
 
 SCHEMA = fastavro.parse_schema(json.loads(DEFAULT_SCHEMA.read_text()))
 API_KEY = "sk_test_e2e_" + "x" * 16
@@ -29,6 +32,17 @@ def encode(record: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, SCHEMA, dict(record))
     return buffer.getvalue()
+
+
+def use_connector_env(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> None:
+    """Make exactly ``env``'s connector variables the process environment's, for in-process command runs
+    (the test process may carry its own, e.g. a CI broker's)."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIXES):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIXES):
+            monkeypatch.setenv(name, value)
 
 
 def usage(
@@ -79,9 +93,7 @@ def produce(
 def connector_env(
     bootstrap: str, stripe_url: str, topics: Iterable[str], group: str, **extra: str
 ) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CONNECTOR_", "TOPIC_", "STRIPE_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
     topic_list = list(topics)
     env.update(
         {

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -16,13 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from pipeline_harness import API_KEY, connector_env, stripe
+from pipeline_harness import API_KEY, connector_env, stripe, use_connector_env
 
 from connector import check as check_command
 from connector.emulator import EmulatorProcess
 from connector.settings import MASK, topic_env_key
 
-PREFIXES = ("STRIPE_", "KAFKA_", "CONNECTOR_", "TOPIC_", "SCHEMA_REGISTRY_")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -104,12 +102,7 @@ def run_check(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str, dict[str, tuple[str, str]]]:
     """``check.run`` in-process with exactly ``env``: (exit status, output, {check: (status, text)})."""
-    for name in list(os.environ):
-        if name.startswith(PREFIXES):
-            monkeypatch.delenv(name)
-    for name, value in env.items():
-        if name.startswith(PREFIXES):
-            monkeypatch.setenv(name, value)
+    use_connector_env(monkeypatch, env)
     status = check_command.run(argparse.Namespace(json=True, offline=False))
     out = capsys.readouterr().out
     assert "Traceback" not in out and API_KEY not in out, out

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.demo import CONNECTOR_ENV_PREFIXES, DEFAULT_CUSTOMERS
+from connector.demo import DEFAULT_CUSTOMERS
+from connector.settings import ENV_PREFIXES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_bills_every_customer_and_dead_letters_the_malformed() -> None:
     # The demo brings its own broker and emulator; a broker chosen for the test session must not leak in.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(CONNECTOR_ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
     result = subprocess.run(
         [sys.executable, "-m", "connector", "demo", "--records", "3000", "--seed", "7"],
         cwd=ROOT,

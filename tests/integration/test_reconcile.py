@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pipeline_harness import (
     encode,
     stripe,
     usage,
+    use_connector_env,
     wait_until,
 )
 
@@ -37,7 +37,6 @@ from connector.records import Coordinates, KafkaRecord, MeterEvent
 from connector.sender import MeterEventSender
 from connector.settings import Secret, TopicSettings, topic_env_key
 
-PREFIXES = ("STRIPE_", "KAFKA_", "CONNECTOR_", "TOPIC_", "SCHEMA_REGISTRY_")
 REPO = Path(__file__).resolve().parents[2]
 HOUR = 3600
 MS = 1000
@@ -87,11 +86,7 @@ def reconcile_in_process(
     *args: str,
 ) -> tuple[int, dict[str, Any] | None, str]:
     """``reconcile ARGS --json`` in-process with exactly ``env``: (status, document or None, stderr)."""
-    for name in list(os.environ):
-        if name.startswith(PREFIXES):
-            monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    use_connector_env(monkeypatch, env)
     from connector.cli import build_parser
 
     parsed = build_parser("reconcile").parse_args(["reconcile", *args, "--json"])

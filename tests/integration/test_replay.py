@@ -26,6 +26,7 @@ from pipeline_harness import (
     encode,
     meter_total,
     usage,
+    use_connector_env,
 )
 
 from connector import replay as replay_command
@@ -38,7 +39,6 @@ from connector.replay import DEFAULT_GROUP, parse_dead_letter
 from connector.sender import MeterEventSender
 from connector.settings import Secret, TopicSettings, topic_env_key
 
-PREFIXES = ("STRIPE_", "KAFKA_", "CONNECTOR_", "TOPIC_", "SCHEMA_REGISTRY_")
 REPO = Path(__file__).resolve().parents[2]
 DAY_MS = 86_400_000
 
@@ -52,11 +52,7 @@ def stripe_url() -> Iterator[str]:
 def replay_in_process(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[int, str]:
-    for name in list(os.environ):
-        if name.startswith(PREFIXES):
-            monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    use_connector_env(monkeypatch, env)
     from connector.cli import build_parser
 
     parsed = build_parser("dlq").parse_args(["dlq", "replay", *args])

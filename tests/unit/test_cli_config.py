@@ -15,7 +15,7 @@ import pytest
 from connector import check as check_command
 from connector import run as run_command
 from connector.cli import SUBCOMMANDS, build_parser
-from connector.settings import MASK, Settings, load_settings
+from connector.settings import ENV_PREFIXES, MASK, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "sk_live_51ZyXwVuTsRqPoNmLkJiH"
@@ -32,8 +32,6 @@ SCHEMA = {
         {"name": "attributes", "type": {"type": "map", "values": "string"}},
     ],
 }
-# Variables of the test process that would leak into in-process runs (a CI broker, the fixture's choice).
-PREFIXES = ("STRIPE_", "KAFKA_", "CONNECTOR_", "TOPIC_", "SCHEMA_REGISTRY_")
 
 
 @pytest.fixture
@@ -89,7 +87,7 @@ def assert_clean(result: subprocess.CompletedProcess[str]) -> None:
 def environ(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     """Replace the process environment's connector variables for in-process command runs."""
     for name in list(os.environ):
-        if name.startswith(PREFIXES):
+        if name.startswith(ENV_PREFIXES):  # the test process's own (a CI broker, ...)
             monkeypatch.delenv(name)
 
     def use(values: dict[str, str]) -> None:
