@@ -12,7 +12,8 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+from urllib.parse import urlsplit
 
 from connector.errors import ConfigurationError
 from connector.settings import Settings, inspect_schema, load_settings, scrub_environ, topic_env_key
@@ -20,6 +21,9 @@ from connector.settings import Settings, inspect_schema, load_settings, scrub_en
 # "warning": the check passed but something deserves attention (e.g. a meter that no price bills);
 # it does not fail the command.
 Status = Literal["ok", "failed", "skipped", "warning"]
+
+if TYPE_CHECKING:
+    from connector.http import HttpResponse, TransportError
 
 KAFKA_TIMEOUT_S = 10.0  # how long the broker may take to answer the metadata request
 STRIPE_TIMEOUT_S = 10.0  # per Stripe request (no retries: a preflight reports, it does not insist)
@@ -48,10 +52,21 @@ def check_configuration(settings: Settings) -> CheckResult:
     mode = "live" if settings.stripe.livemode else "test"
     registry = "schema registry configured" if settings.schema_registry is not None else "no schema registry"
     count = len(settings.topics)
+    sender = settings.sender
+    details = [f"rate limit {sender.rate_limit_rps:g} requests/s ({sender.rate_limit_source})"]
+    for topic in settings.topics:
+        variable = f"TOPIC_{topic_env_key(topic.name)}_DECIMAL_VALUES"
+        values = (
+            f"decimal values allowed ({variable}=true: the Stripe account must have decimals enabled)"
+            if topic.decimal_values
+            else f"whole numbers only, others dead-lettered as value_not_whole ({variable}=false)"
+        )
+        details.append(f"{topic.name}: {values}")
     return CheckResult(
         "configuration",
         "ok",
         f"{count} topic{'s' * (count != 1)} ({topics}); {mode}-mode Stripe key; {registry}",
+        tuple(details),
     )
 
 
@@ -286,6 +301,11 @@ def check_meters(settings: Settings) -> CheckResult:
                 )
             continue
         meter = active[0]
+        refusal = window_refusal(topic.name, meter)
+        if refusal is not None:
+            problems += 1
+            details.append(refusal)
+            continue
         wrong: list[str] = []
         if meter.customer_key != topic.customer_key:
             wrong.append(
@@ -316,6 +336,112 @@ def check_meters(settings: Settings) -> CheckResult:
         f"{count} topic{'s' * (count != 1)}: each event_name has an active meter with matching payload keys",
         tuple(details),
     )
+
+
+def window_refusal(topic: str, meter: Any) -> str | None:
+    """Why ``topic`` cannot be sent to ``meter``, a pre-aggregated meter; None when it can."""
+    window = meter.event_time_window
+    if window is None:
+        return None
+    return (
+        f"{topic}: meter {meter.id} ({meter.event_name!r}) has event_time_window={window}: Stripe keeps only "
+        f"the most recently received event per customer and {window}, so one event per record would bill "
+        f"only the last record of each {window}; kafka-stripe does not send window totals yet. Use a meter "
+        "without event_time_window for this topic"
+    )
+
+
+def window_refusals(settings: Settings, meters: Sequence[Any]) -> list[str]:
+    """``window_refusal`` for every topic whose active meter is pre-aggregated (``run`` refuses them)."""
+    refusals: list[str] = []
+    for topic in settings.topics:
+        meter = next((m for m in meters if m.event_name == topic.event_name and m.active), None)
+        refusal = None if meter is None else window_refusal(topic.name, meter)
+        if refusal is not None:
+            refusals.append(refusal)
+    return refusals
+
+
+def check_stream(settings: Settings) -> CheckResult:
+    """The key may create a meter event session, and the meter-events host answers its token.
+
+    An empty stream request (no events: nothing can be recorded) proves the host is reachable and
+    knows the token; Stripe's answer to it (400 for no events) is documented nowhere, so any answer
+    but a refused token or no answer at all passes.
+    """
+    import asyncio
+
+    from connector.errors import FatalError
+    from connector.session import SessionUnavailable
+
+    stripe = settings.stripe
+    try:
+        probe = asyncio.run(_probe_stream(settings))
+    except (FatalError, SessionUnavailable) as exc:
+        return CheckResult("stream", "failed", settings.scrub(str(exc)))
+    host = urlsplit(stripe.meter_events_base).netloc
+    mode = "live" if probe.livemode else "test"
+    summary = (
+        f"meter event session {probe.session_id} created ({mode} mode); "
+        f"tokens live {probe.lifetime_s:.0f} s; {host} {probe.stream_answer}"
+    )
+    if probe.stream_failed:
+        return CheckResult("stream", "failed", settings.scrub(summary))
+    return CheckResult("stream", "ok", settings.scrub(summary))
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamProbe:
+    session_id: str
+    livemode: bool
+    lifetime_s: float
+    stream_answer: str
+    stream_failed: bool
+
+
+async def _probe_stream(settings: Settings) -> _StreamProbe:
+    import time
+
+    from connector.http import AiohttpClient, Timeouts, TransportError
+    from connector.sender import STREAM_PATH
+    from connector.session import SessionManager
+
+    timeouts = Timeouts(connect_s=STRIPE_TIMEOUT_S, read_s=STRIPE_TIMEOUT_S, total_s=STRIPE_TIMEOUT_S)
+    http = AiohttpClient(timeouts=timeouts, max_connections=2)
+    sessions = SessionManager.from_settings(settings.stripe, settings.sender, http=http)
+    try:
+        started = time.monotonic()
+        session = await sessions.current()
+        url = settings.stripe.meter_events_base.rstrip("/") + STREAM_PATH
+        try:
+            answer: HttpResponse | TransportError = await http.post(url, b'{"events":[]}', session.headers)
+        except TransportError as exc:
+            answer = exc
+    finally:
+        await sessions.aclose()
+        await http.aclose()
+    return _StreamProbe(session.id, session.livemode, session.expires_at - started, *_stream_answer(answer))
+
+
+def _stream_answer(answer: HttpResponse | TransportError) -> tuple[str, bool]:
+    """What the meter-events host's answer to an empty request says, and whether that fails the check."""
+    from connector.http import Action, classify
+
+    if isinstance(answer, TransportError):
+        return f"did not answer an empty stream request ({answer}): check STRIPE_METER_EVENTS_BASE", True
+    outcome = classify(answer, now=0.0)
+    where = f"HTTP {answer.status} {outcome.code or ''}".rstrip()
+    if outcome.action in (Action.INVALID_TOKEN, Action.RENEW_SESSION):
+        return (
+            f"refused the session's token ({where}): STRIPE_METER_EVENTS_BASE and STRIPE_API_BASE must "
+            "belong to the same Stripe",
+            True,
+        )
+    if outcome.action is Action.FATAL:
+        return f"does not serve the meter event stream ({where}): check STRIPE_METER_EVENTS_BASE", True
+    if outcome.action in (Action.RETRY, Action.DEFER):
+        return f"is throttling or failing ({where}: {outcome.message}); try again", True
+    return f"accepted the token ({where} to an empty request; nothing recorded)", False
 
 
 def check_billing(settings: Settings) -> CheckResult:
@@ -395,10 +521,11 @@ CHECKS: list[tuple[str, Check]] = [
     ("schemas", check_schemas),
     ("kafka", check_kafka),
     ("stripe", check_stripe),
+    ("stream", check_stream),
     ("meters", check_meters),
     ("billing", check_billing),
 ]
-NETWORK_CHECKS = frozenset({"kafka", "stripe", "meters", "billing"})
+NETWORK_CHECKS = frozenset({"kafka", "stripe", "stream", "meters", "billing"})
 
 
 def run_checks(settings: Settings, checks: Sequence[tuple[str, Check]] | None = None) -> list[CheckResult]:

@@ -235,6 +235,7 @@ class StripeApi:
     """The few emulator calls the demo makes, form-encoded as Stripe's v1 API wants them."""
 
     def __init__(self, base_url: str) -> None:
+        # httpx advertises gzip/deflate and decodes the answers itself (the emulator may compress).
         self._client = httpx.Client(
             base_url=base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30.0
         )

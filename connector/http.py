@@ -7,6 +7,7 @@ import email.utils
 import enum
 import math
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -47,6 +48,34 @@ class Timeouts:
     connect_s: float = 5.0
     read_s: float = 30.0
     total_s: float = 60.0
+
+
+# Every request of the connector's own HTTP clients asks for an uncompressed answer: Stripe's answers
+# are small JSON documents, and aiohttp would otherwise advertise "gzip, deflate" by default while
+# this client reads raw bytes. An answer compressed anyway (a proxy that ignores the header) is still
+# decoded, see ``decode_body``.
+NO_COMPRESSION = {"Accept-Encoding": "identity"}
+
+
+def decode_body(body: bytes, content_encoding: str | None) -> bytes:
+    """``body`` as the server meant it: gunzipped/inflated per ``Content-Encoding`` (raises
+    ``TransportError`` when it does not decode, so a mangled answer is never parsed as an error)."""
+    if not content_encoding:
+        return body
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise TransportError("protocol", f"unsupported Content-Encoding {encoding!r}")
+    try:
+        if encoding == "deflate":
+            try:
+                return zlib.decompress(body)
+            except zlib.error:  # raw deflate without the zlib wrapper, as some servers send it
+                return zlib.decompress(body, -zlib.MAX_WBITS)
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise TransportError("protocol", f"{encoding} body does not decode: {exc}") from None
 
 
 class HttpClient(Protocol):
@@ -96,9 +125,14 @@ class AiohttpClient:
             sock_connect=self.timeouts.connect_s,
             sock_read=self.timeouts.read_s,
         )
-        # Compressing 10 kB bodies would cost more CPU than the bytes are worth on this link.
+        # Decompression is ours (``decode_body``) and requests ask for none (``NO_COMPRESSION``): a
+        # compressed 200 would cost CPU for a two-byte body, and the one place that decodes is tested.
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, raise_for_status=False
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            raise_for_status=False,
+            headers=NO_COMPRESSION,
         )
         return self._session
 
@@ -107,6 +141,9 @@ class AiohttpClient:
         try:
             async with session.post(url, data=body, headers=headers) as response:
                 content = await response.read()
+                encoding = response.headers.get("content-encoding")
+                if encoding:
+                    content = decode_body(content, encoding)
                 return HttpResponse(response.status, response.headers, content)
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is also a TimeoutError
             raise TransportError("timeout", _describe(exc)) from None
@@ -128,7 +165,9 @@ class AiohttpClient:
 class HttpxClient:
     """httpx behind the same seam: in-process tests (``httpx.ASGITransport``) and the benchmark baseline.
 
-    httpx has no limit on a whole exchange, so ``asyncio.timeout`` enforces ``total_s``.
+    httpx has no limit on a whole exchange, so ``asyncio.timeout`` enforces ``total_s``. It sends the
+    callers' ``Accept-Encoding: identity`` like the aiohttp client, and httpx itself decodes any
+    compressed answer it gets anyway (``response.content`` is decoded).
     """
 
     def __init__(
@@ -143,6 +182,7 @@ class HttpxClient:
             transport=transport,
             timeout=httpx.Timeout(timeouts.read_s, connect=timeouts.connect_s),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers=NO_COMPRESSION,
         )
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
@@ -189,6 +229,9 @@ class Action(enum.Enum):
     RENEW_SESSION = "renew_session"  # 401 session expired: new token, resend; not a failed attempt
     INVALID_TOKEN = "invalid_token"  # other 401: new token and resend once, then fatal
     RETRY = "retry"  # transient: back off and send the same request again
+    # Stripe-Should-Retry: false on an answer that says nothing about the events (429, 5xx): do not
+    # resend this request now; the events stay undelivered (not done, sent again later), never rejected.
+    DEFER = "defer"
     REJECT = "reject"  # permanent and possibly event-specific: bisect, dead-letter what Stripe refuses
     FATAL = "fatal"  # permanent for every request (access, wrong URL): stop the pipeline
 
@@ -264,7 +307,8 @@ def classify(result: HttpResponse | TransportError, *, now: float) -> Outcome:
     anything else (1xx, ≥ 600)                             RETRY
     ====================================================  ===============
 
-    ``Stripe-Should-Retry: true`` turns REJECT/FATAL into RETRY and ``false`` turns RETRY into REJECT.
+    ``Stripe-Should-Retry: true`` turns REJECT/FATAL into RETRY; ``false`` turns RETRY into DEFER, never
+    into REJECT: it is about resending the request, not about the events, which only a 4xx refuses.
     It does not apply to 2xx (accepted is accepted) nor to 401 (a new token is not a retry of the
     same request). ``retry_after`` comes from ``Retry-After`` on any non-2xx answer.
     """
@@ -293,5 +337,5 @@ def classify(result: HttpResponse | TransportError, *, now: float) -> Outcome:
     if should_retry == "true":
         action = Action.RETRY
     elif should_retry == "false" and action is Action.RETRY:
-        action = Action.REJECT
+        action = Action.DEFER
     return Outcome(action, status, code, text, retry_after)

@@ -13,7 +13,7 @@ from typing import Any
 from connector.decoder import Decoder, SchemaLookup
 from connector.errors import ConfigurationError, MappingError, RecordRejected
 from connector.records import Coordinates, KafkaRecord, MeterEvent
-from connector.settings import TopicSettings
+from connector.settings import TopicSettings, topic_env_key
 
 MAX_IDENTIFIER = 100  # Stripe's limit on identifier and event_name
 MAX_SIGNIFICANT_DIGITS = 15  # Stripe's limit on a meter event value
@@ -205,6 +205,7 @@ class Mapper:
         customer_key, value_key = self._customer_key, self._value_key
         max_past_ms, max_future_ms = self._max_past_ms, self._max_future_ms
         micros = self._micros
+        decimal_values = settings.decimal_values
         seconds, second_prefix, parse_time = self._seconds, self._second_prefix, self._parse_time
         out_of_range = self._out_of_range
         id_prefixes = self._id_prefixes
@@ -232,6 +233,8 @@ class Mapper:
                 raise MappingError(f"{value_field}: no value", code="missing_value")
             else:
                 value_text = format_value(value, value_field)
+                if not decimal_values and "." in value_text:  # canonical: a point means a fraction
+                    raise _not_whole(value_field, value, settings.name)
 
             # The Kafka timestamp stands in for an absent field: it is stored with the record, so a
             # replay maps to the same time.
@@ -466,6 +469,16 @@ def _format_decimal(value: Decimal, field: str, original: Any) -> str:
             code="value_too_many_digits",
         )
     return format(value, "f")
+
+
+def _not_whole(field: str, value: Any, topic: str) -> MappingError:
+    # Stripe counts whole numbers only unless the account has decimals enabled; sent anyway, the event
+    # would be dropped after Stripe's 200 (meter_event_invalid_value).
+    return MappingError(
+        f"{field}: {_show(value)} is not a whole number; Stripe accepts decimal values only on accounts "
+        f"that have them enabled (then set TOPIC_{topic_env_key(topic)}_DECIMAL_VALUES=true)",
+        code="value_not_whole",
+    )
 
 
 def _too_many_digits(field: str, value: Any) -> MappingError:

@@ -132,6 +132,7 @@ class _Job:
     __slots__ = (
         "attempts",
         "deadline",
+        "deferred",
         "docs",
         "error",
         "invalid_token_renewed",
@@ -151,6 +152,7 @@ class _Job:
         self.rejected: list[Rejection] = []
         self.undelivered: list[int] = []
         self.error: str | None = None
+        self.deferred: Outcome | None = None  # Stripe said "do not retry" (Stripe-Should-Retry: false)
 
 
 def _is_retry(outcome: Outcome) -> bool:
@@ -227,6 +229,9 @@ class MeterEventSender:
         self._events_delivered = self._events_rejected = self._events_undelivered = 0
         self._requests = self._retries = self._rate_limited = self._transport_errors = 0
         self._renewals = self._batches_in_flight = 0
+        # Answers in a row that said "do not retry now": the wait before handing such a batch back grows
+        # with them, so a Stripe that keeps saying it is not met with a resend loop.
+        self._deferrals = 0
 
     @classmethod
     def from_settings(
@@ -280,8 +285,12 @@ class MeterEventSender:
             docs = [event.as_json() for event in events]
             job = _Job(docs, self._clock() + self.retry.max_elapsed_s)
             outcome = await self._send_with_retries(job, orjson.dumps({"events": docs}))
-            if outcome.action is not Action.DELIVERED:
+            if outcome.action is Action.DELIVERED:
+                self._deferrals = 0
+            else:
                 await self._settle(job, list(range(size)), outcome)
+            if job.deferred is not None:
+                await self._hold_back(job.deferred)
         finally:
             self._batches_in_flight -= 1
         rejected = len(job.rejected)
@@ -473,7 +482,7 @@ class MeterEventSender:
                     f"Stripe refused the meter event stream request on {self.url} "
                     f"(HTTP {outcome.status} {outcome.code}: {outcome.message})"
                 )
-            else:  # RETRY or REJECT: tenacity and the bisection decide
+            else:  # RETRY, DEFER or REJECT: tenacity and the bisection decide
                 return outcome
             # RENEW_SESSION / INVALID_TOKEN: a new token and the same body, not a failed attempt.
             job.renewals += 1
@@ -497,6 +506,13 @@ class MeterEventSender:
             job.undelivered.extend(indices)
             job.error = f"gave up after {job.attempts} requests: {_describe(outcome)}"
             return
+        if outcome.action is Action.DEFER:
+            # Stripe-Should-Retry: false on a 429/5xx says nothing about the events: they stay
+            # undelivered (resent later with the same identifiers), never dead-lettered.
+            job.undelivered.extend(indices)
+            job.deferred = outcome
+            job.error = f"Stripe asked not to retry the request now: {_describe(outcome)}"
+            return
         if len(indices) == 1:
             job.rejected.append(
                 Rejection(indices[0], outcome.code or "stripe_rejected", outcome.message, outcome.status)
@@ -506,6 +522,16 @@ class MeterEventSender:
         async with asyncio.TaskGroup() as group:  # a FatalError in one half cancels the other
             for half in (indices[:middle], indices[middle:]):
                 group.create_task(self._bisect(job, half))
+
+    async def _hold_back(self, outcome: Outcome) -> None:
+        """Wait before handing back a batch Stripe asked us not to retry: ``Retry-After`` if given, else
+        the backoff for the number of such answers in a row, so the pipeline's resend comes later."""
+        self._deferrals += 1
+        self._retries += 1
+        wait = outcome.retry_after
+        if wait is None:
+            wait = self.retry.backoff(self._deferrals, self._random())
+        await self._sleep(wait)
 
     async def _bisect(self, job: _Job, indices: list[int]) -> None:
         if self._clock() >= job.deadline:

@@ -203,7 +203,7 @@ class SessionManager:
         outcome = classify(response, now=self._wall_clock())
         message = redact(outcome.message)
         where = f"HTTP {outcome.status} {outcome.code or ''}".rstrip()
-        if outcome.action is Action.RETRY:
+        if outcome.action in (Action.RETRY, Action.DEFER):  # DEFER: not now, but not refused either
             raise SessionUnavailable(
                 f"creating a meter event session failed ({where}): {message}", outcome.retry_after
             )

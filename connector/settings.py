@@ -31,6 +31,10 @@ MAX_FUTURE_SECONDS = 5 * 60  # ... and at most 5 minutes ahead
 SESSION_TTL_SECONDS = 15 * 60  # a meter event session token lives 15 minutes
 MAX_EVENT_NAME_LENGTH = 100
 MAX_BATCH_SIZE = 100  # Stripe's meter_event_stream takes 1 to 100 events per request
+# Stripe's stream allows 10,000 requests/s in live mode; in test mode and sandboxes it counts toward the
+# basic limit of about 25 requests/s across the account.
+LIVE_RATE_LIMIT_RPS = 10_000.0
+TEST_RATE_LIMIT_RPS = 25.0
 
 DEFAULT_API_BASE = "https://api.stripe.com"
 DEFAULT_METER_EVENTS_BASE = "https://meter-events.stripe.com"
@@ -168,6 +172,8 @@ class TopicSettings:
     dlq_topic: str = ""
     max_past_seconds: int = MAX_PAST_SECONDS
     max_future_seconds: int = MAX_FUTURE_SECONDS
+    # Stripe takes whole numbers only unless the account has decimal values enabled (on request).
+    decimal_values: bool = False
 
     def redacted(self) -> dict[str, object]:
         return {
@@ -184,6 +190,7 @@ class TopicSettings:
             "dlq_topic": self.dlq_topic,
             "max_past_seconds": self.max_past_seconds,
             "max_future_seconds": self.max_future_seconds,
+            "decimal_values": self.decimal_values,
         }
 
 
@@ -276,7 +283,9 @@ class SenderSettings:
 
     # Throughput is at most max_in_flight / round-trip: 128 at ~50 ms to Stripe allows ~2,500 requests/s.
     max_in_flight: int = 128
-    rate_limit_rps: float = 10_000.0
+    rate_limit_rps: float = LIVE_RATE_LIMIT_RPS
+    # Why ``rate_limit_rps`` has its value (the variable, or the key's mode), for the start-up line.
+    rate_limit_source: str = "default"
     session_renew_margin_s: float = 60.0
     retry_max_elapsed_s: float = 300.0
     retry_initial_backoff_ms: int = 200
@@ -459,6 +468,19 @@ class _Reader:
             self.problem(f"{name} must be a number {bounds}, not {value.strip()}")
             return default
         return number
+
+    def flag(self, name: str, default: bool) -> bool:
+        """``true``/``false`` (also ``1``/``0``, ``yes``/``no``), any case."""
+        value = self.raw(name)
+        if value is None:
+            return default
+        normalised = value.strip().lower()
+        if normalised in ("true", "1", "yes"):
+            return True
+        if normalised in ("false", "0", "no"):
+            return False
+        self.problem(f"{name} must be true or false, not {_show(value)}")
+        return default
 
     def choice(self, name: str, default: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
         value = self.raw(name)
@@ -736,6 +758,7 @@ TOPIC_SUFFIXES = (
     "CUSTOMER_KEY",
     "VALUE_KEY",
     "DLQ_TOPIC",
+    "DECIMAL_VALUES",
 )
 
 
@@ -847,6 +870,7 @@ def _read_topic(
     if customer_key == value_key:
         reader.problem(f"{prefix}CUSTOMER_KEY and {prefix}VALUE_KEY are both {customer_key!r}")
 
+    decimal_values = reader.flag(prefix + "DECIMAL_VALUES", False)
     dlq_topic = reader.text(prefix + "DLQ_TOPIC", f"{name}.dlq")
     problem = topic_name_problem(dlq_topic)
     if problem:
@@ -878,6 +902,7 @@ def _read_topic(
         dlq_topic=dlq_topic,
         max_past_seconds=max_past,
         max_future_seconds=max_future,
+        decimal_values=decimal_values,
     )
     if schema.error is None:
         for problem in check_fields(schema, topic, explicit=frozenset(explicit)).problems:
@@ -1162,6 +1187,15 @@ def _payload_usable(schema: Any, named: Mapping[str, Any]) -> bool:
 # ------------------------------------------------------------------------------------------ the loader
 
 
+def _rate_limit(reader: _Reader, stripe: StripeSettings) -> tuple[float, str]:
+    """``CONNECTOR_RATE_LIMIT_RPS``, else the limit of the key's mode, with the reason either way."""
+    if reader.raw("CONNECTOR_RATE_LIMIT_RPS") is not None:
+        return reader.number("CONNECTOR_RATE_LIMIT_RPS", LIVE_RATE_LIMIT_RPS), "CONNECTOR_RATE_LIMIT_RPS"
+    if stripe.livemode:
+        return LIVE_RATE_LIMIT_RPS, "live-mode key: Stripe's stream limit of 10,000 requests/s"
+    return TEST_RATE_LIMIT_RPS, "test-mode key: Stripe's sandbox (basic) limit of 25 requests/s"
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Read and validate the whole configuration; raise ``ConfigurationError`` listing every problem."""
     reader = _Reader(environ)
@@ -1214,9 +1248,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             f"CONNECTOR_MAX_BUFFERED_RECORDS ({pipeline.max_buffered_records}) must be at least "
             f"CONNECTOR_BATCH_SIZE ({pipeline.batch_size})"
         )
+    rate_limit_rps, rate_limit_source = _rate_limit(reader, stripe)
     sender = SenderSettings(
         max_in_flight=reader.integer("CONNECTOR_MAX_IN_FLIGHT", 128, minimum=1),
-        rate_limit_rps=reader.number("CONNECTOR_RATE_LIMIT_RPS", 10_000.0),
+        rate_limit_rps=rate_limit_rps,
+        rate_limit_source=rate_limit_source,
         session_renew_margin_s=reader.number(
             "CONNECTOR_SESSION_RENEW_MARGIN_S", 60.0, maximum=SESSION_TTL_SECONDS / 2
         ),

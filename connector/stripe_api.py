@@ -114,6 +114,9 @@ class Meter:
     customer_key: str  # customer_mapping.event_payload_key
     value_key: str  # value_settings.event_payload_key
     livemode: bool
+    # "hour" | "day" for pre-aggregated ingestion: Stripe then keeps only the latest event per customer
+    # and window, so one event per record would bill only the last one. None: every event counts.
+    event_time_window: str | None = None
 
     @property
     def active(self) -> bool:
@@ -133,6 +136,7 @@ class Meter:
             customer_key=str(mapping.get("event_payload_key") or "stripe_customer_id"),
             value_key=str(value.get("event_payload_key") or "value"),
             livemode=bool(data.get("livemode", False)),
+            event_time_window=str(window) if (window := data.get("event_time_window")) else None,
         )
 
 
@@ -206,6 +210,8 @@ class StripeClient:
         headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
         if api_version:
             headers["Stripe-Version"] = api_version
+        # httpx advertises the encodings it can decode (gzip, deflate, and br/zstd when their packages
+        # are installed) and decodes the answer itself: ``response.json()`` reads the decoded body.
         self._http = httpx.Client(
             base_url=self.api_base, headers=headers, timeout=timeout, transport=transport
         )

@@ -24,7 +24,9 @@ from connector.settings import DEFAULT_SCHEMA, TopicSettings
 
 NOW = 1_795_000_000_000  # 2026-11-18T11:06:40Z
 AT = Coordinates("usage", 3, 42)
-SETTINGS = TopicSettings(name="usage", event_name="api_requests")
+# Most tests here map decimals: they describe an account with decimal values enabled. The default
+# (whole numbers only) has its own table below (WHOLE_NUMBERS).
+SETTINGS = TopicSettings(name="usage", event_name="api_requests", decimal_values=True)
 RECORD: dict[str, Any] = {
     "identifier": None,
     "stripe_customer_id": "cus_NffrFeUfNV2Hib",
@@ -517,3 +519,46 @@ def test_confluent_records_map_through_the_registry(request: pytest.FixtureReque
     )
     event = mapper.map_record(KafkaRecord("usage", 0, 0, None, data, NOW), NOW)
     assert (event.identifier, event.payload["value"]) == ("kafka:usage:0:0", "3.1")
+
+
+# ------------------------------------------------------------------------------ whole numbers by default
+
+WHOLE_NUMBERS: list[tuple[Any, str | None]] = [
+    (12, "12"),
+    (12.0, "12"),
+    ("12", "12"),
+    (1e3, "1000"),
+    ("1e3", "1000"),
+    (Decimal("12.000000000000"), "12"),
+    (-7, "-7"),
+    (12.5, None),
+    ("0.1", None),
+    (Decimal("2.500000000000"), None),
+    (0.1 + 0.2, None),
+]
+
+
+@pytest.mark.parametrize(("value", "text"), WHOLE_NUMBERS, ids=[repr(v) for v, _ in WHOLE_NUMBERS])
+def test_whole_numbers_by_default_decimals_on_request(value: Any, text: str | None) -> None:
+    default = Mapper(TopicSettings(name="usage", event_name="api_requests"))
+    decimals = Mapper(TopicSettings(name="usage", event_name="api_requests", decimal_values=True))
+    record = {**RECORD, "value": value}
+    if text is None:
+        refused = rejection(default, record)
+        assert refused.code == "value_not_whole"
+        assert "TOPIC_USAGE_DECIMAL_VALUES=true" in str(refused)
+        assert refused.coordinates == AT
+    else:
+        assert default.map(record, AT, NOW, NOW).payload["value"] == text
+    assert decimals.map(record, AT, NOW, NOW).payload["value"] == format_value(value)
+
+
+def test_whole_number_rule_holds_on_the_compiled_fast_path() -> None:
+    default = Mapper(TopicSettings(name="usage", event_name="api_requests"))
+    assert default.projects_fields
+    kafka = KafkaRecord("usage", 3, 42, None, encode(default, {**RECORD, "value": "0.1"}), NOW, ())
+    with pytest.raises(RecordRejected) as caught:
+        default.map_record(kafka, NOW)
+    assert caught.value.code == "value_not_whole"
+    kafka = KafkaRecord("usage", 3, 43, None, encode(default, {**RECORD, "value": 12.0}), NOW, ())
+    assert default.map_record(kafka, NOW).payload["value"] == "12"

@@ -90,6 +90,7 @@ class Emu:
 
     def sender(self, key: str = KEY, **options: Any) -> MeterEventSender:
         options.setdefault("meter_events_base", BASE)
+        options.setdefault("rng", random.Random(4))
         return MeterEventSender(
             api_key=key,
             api_base=BASE,
@@ -97,7 +98,6 @@ class Emu:
             clock=self.clock,
             wall_clock=self.clock,
             sleep=self.sleep,
-            rng=random.Random(4),
             **options,
         )
 
@@ -170,8 +170,11 @@ TABLE: list[tuple[str, HttpResponse | TransportError, Action]] = [
     ("502 html", response(502, raw=b"<html>bad gateway</html>"), Action.RETRY),
     ("503", response(503, API_ERROR), Action.RETRY),
     ("599", response(599), Action.RETRY),
-    ("500 + should-retry false", response(500, API_ERROR, {"Stripe-Should-Retry": "false"}), Action.REJECT),
-    ("429 + should-retry false", response(429, headers={"stripe-should-retry": "False"}), Action.REJECT),
+    # "Do not retry" on an answer about the request, not the events: undelivered, never rejected.
+    ("500 + should-retry false", response(500, API_ERROR, {"Stripe-Should-Retry": "false"}), Action.DEFER),
+    ("429 + should-retry false", response(429, headers={"stripe-should-retry": "False"}), Action.DEFER),
+    ("400 + should-retry false", response(400, BAD_PARAM, {"Stripe-Should-Retry": "false"}), Action.REJECT),
+    ("404 + should-retry false", response(404, headers={"Stripe-Should-Retry": "false"}), Action.FATAL),
     ("503 + should-retry true", response(503, headers={"Stripe-Should-Retry": "true"}), Action.RETRY),
     ("timeout", TransportError("timeout", "ReadTimeout"), Action.RETRY),
     ("connect", TransportError("connect", "ConnectError"), Action.RETRY),
@@ -407,6 +410,66 @@ async def test_bisection_halves_are_retried_and_time_capped(emu: Emu) -> None:
     assert set(result.undelivered) | {r.index for r in result.rejected} == set(range(8))
     assert result.undelivered and result.error is not None and "503" in result.error
     assert not emu.received(batch[1:])
+
+
+# ---------------------------------------------------------------------- Stripe-Should-Retry: false
+
+
+class DoNotRetry(httpx.AsyncBaseTransport):
+    """Answers the next ``count`` stream requests with ``status`` + ``Stripe-Should-Retry: false``
+    (before the emulator sees them), then lets requests through."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, status: int, count: int, retry_after: str = "") -> None:
+        self.inner, self.status, self.count, self.retry_after = inner, status, count, retry_after
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/meter_event_stream") and self.count:
+            self.count -= 1
+            headers = {"Stripe-Should-Retry": "false"}
+            if self.retry_after:
+                headers["Retry-After"] = self.retry_after
+            return httpx.Response(self.status, headers=headers, json={"error": API_ERROR})
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+async def test_do_not_retry_on_a_failure_leaves_the_batch_undelivered_never_rejected(status: int) -> None:
+    emu = Emu(EmulatorConfig(seed=3))
+    emu.http = HttpxClient(transport=DoNotRetry(emu.transport, status, count=1))
+    batch = events(f"dnr{status}", 10)
+    batch[4] = bad_value(batch[4])  # a bad event in the batch must not be found by bisecting now
+    async with emu.sender() as sender:
+        result = await sender.send(batch)
+        assert result.rejected == () and result.undelivered == tuple(range(10))
+        assert result.attempts == 1, "not resent within the sender, not bisected"
+        assert result.error is not None and "asked not to retry" in result.error
+        assert len(emu.sleeps) == 1 and 0 <= emu.sleeps[0] <= 0.2, "held back before handing it back"
+        assert not any(emu.received([e]) for e in batch)
+        # The pipeline sends undelivered events again later: then they are judged on their merits.
+        again = await sender.send(batch)
+    assert [r.index for r in again.rejected] == [4] and again.undelivered == ()
+    assert emu.received([e for i, e in enumerate(batch) if i != 4])
+    await emu.http.aclose()
+
+
+async def test_do_not_retry_waits_for_retry_after_and_backs_off_while_it_repeats() -> None:
+    emu = Emu(EmulatorConfig(seed=3))
+    emu.http = HttpxClient(transport=DoNotRetry(emu.transport, 429, count=1, retry_after="7"))
+    async with emu.sender() as sender:
+        first = await sender.send(events("dnr-after", 3))
+        assert first.undelivered == (0, 1, 2) and emu.sleeps == [7.0]
+        assert sender.stats().retries == 1, "counted, so the pipeline holds back new records"
+    await emu.http.aclose()
+    # Without Retry-After, consecutive "do not retry" answers wait up to the backoff of their count.
+    emu = Emu(EmulatorConfig(seed=3))
+    emu.http = HttpxClient(transport=DoNotRetry(emu.transport, 500, count=6))
+    policy = RetryPolicy(initial_backoff_s=1.0, max_backoff_s=100.0)
+    async with emu.sender(retry=policy, rng=random.Random(0)) as sender:
+        for _ in range(6):
+            assert (await sender.send(events("dnr-grow", 2))).undelivered == (0, 1)
+    draws = random.Random(0)
+    assert emu.sleeps == [policy.backoff(n, draws.random()) for n in range(1, 7)]
+    await emu.http.aclose()
 
 
 # ------------------------------------------------------------------------------------------ sessions

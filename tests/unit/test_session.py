@@ -212,10 +212,12 @@ async def test_forbidden_key_is_fatal() -> None:
         error_response(503, "service_unavailable"),
         error_response(429, "rate_limit"),
         error_response(409, "lock_timeout"),
+        error_response(500, "api_error", {"Stripe-Should-Retry": "false"}),
+        error_response(429, "rate_limit", {"Stripe-Should-Retry": "false"}),
         TransportError("timeout", "ReadTimeout"),
         TransportError("connect", "ConnectError: refused"),
     ],
-    ids=["500", "503", "429", "409", "timeout", "connect"],
+    ids=["500", "503", "429", "409", "500-do-not-retry", "429-do-not-retry", "timeout", "connect"],
 )
 async def test_transient_creation_failures_are_retryable(answer: HttpResponse | TransportError) -> None:
     manager = SessionManager(http=ScriptedHttp(answer), api_key=KEY)

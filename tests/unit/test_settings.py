@@ -126,7 +126,10 @@ def test_defaults(env: dict[str, str], schema: Path) -> None:
     assert (pipeline.linger_ms, pipeline.batch_size, pipeline.commit_interval_ms) == (100, 100, 1000)
     assert (pipeline.max_buffered_records, pipeline.shutdown_timeout_s) == (20_000, 30.0)
     assert (pipeline.on_invalid, pipeline.workers) == ("dlq", 1)
-    assert (sender.max_in_flight, sender.rate_limit_rps, sender.session_renew_margin_s) == (128, 10_000, 60)
+    # API_KEY is a test-mode key: Stripe's sandbox limit applies to its stream.
+    assert (sender.max_in_flight, sender.rate_limit_rps, sender.session_renew_margin_s) == (128, 25, 60)
+    assert sender.rate_limit_source.startswith("test-mode key")
+    assert topic.decimal_values is False
     assert (sender.retry_max_elapsed_s, sender.retry_initial_backoff_ms, sender.retry_max_backoff_ms) == (
         300,
         200,
@@ -209,7 +212,19 @@ OVERRIDES: list[tuple[dict[str, str], Getter, object]] = [
     ({"CONNECTOR_COMMIT_INTERVAL_MS": "250"}, lambda s: s.pipeline.commit_interval_ms, 250),
     ({"CONNECTOR_MAX_BUFFERED_RECORDS": "1000"}, lambda s: s.pipeline.max_buffered_records, 1000),
     ({"CONNECTOR_MAX_IN_FLIGHT": "8"}, lambda s: s.sender.max_in_flight, 8),
-    ({"CONNECTOR_RATE_LIMIT_RPS": "25"}, lambda s: s.sender.rate_limit_rps, 25.0),
+    ({"CONNECTOR_RATE_LIMIT_RPS": "2500"}, lambda s: s.sender.rate_limit_rps, 2500.0),
+    ({"CONNECTOR_RATE_LIMIT_RPS": "40"}, lambda s: s.sender.rate_limit_source, "CONNECTOR_RATE_LIMIT_RPS"),
+    ({"STRIPE_API_KEY": "sk_live_" + "x" * 24}, lambda s: s.sender.rate_limit_rps, 10_000.0),
+    ({"STRIPE_API_KEY": "rk_live_" + "x" * 24}, lambda s: s.sender.rate_limit_source[:13], "live-mode key"),
+    ({"STRIPE_API_KEY": "rk_test_" + "x" * 24}, lambda s: s.sender.rate_limit_rps, 25.0),
+    (
+        {"STRIPE_API_KEY": "sk_live_" + "x" * 24, "CONNECTOR_RATE_LIMIT_RPS": "100"},
+        lambda s: s.sender.rate_limit_rps,
+        100.0,
+    ),
+    ({"TOPIC_USAGE_DECIMAL_VALUES": "true"}, lambda s: s.topics[0].decimal_values, True),
+    ({"TOPIC_USAGE_DECIMAL_VALUES": "FALSE"}, lambda s: s.topics[0].decimal_values, False),
+    ({"TOPIC_USAGE_DECIMAL_VALUES": "1"}, lambda s: s.topics[0].redacted()["decimal_values"], True),
     ({"CONNECTOR_SHUTDOWN_TIMEOUT_S": "2.5"}, lambda s: s.pipeline.shutdown_timeout_s, 2.5),
     ({"CONNECTOR_ON_INVALID": "FAIL"}, lambda s: s.pipeline.on_invalid, "fail"),
     ({"CONNECTOR_SESSION_RENEW_MARGIN_S": "120"}, lambda s: s.sender.session_renew_margin_s, 120.0),
@@ -374,6 +389,8 @@ PROBLEMS: list[tuple[dict[str, str | None], tuple[str, ...]]] = [
     ({"CONNECTOR_MAX_BUFFERED_RECORDS": "50"}, ("CONNECTOR_MAX_BUFFERED_RECORDS (50) must be at least",)),
     ({"CONNECTOR_MAX_IN_FLIGHT": "0"}, ("CONNECTOR_MAX_IN_FLIGHT",)),
     ({"CONNECTOR_RATE_LIMIT_RPS": "0"}, ("CONNECTOR_RATE_LIMIT_RPS must be a number > 0",)),
+    ({"TOPIC_USAGE_DECIMAL_VALUES": "maybe"}, ("TOPIC_USAGE_DECIMAL_VALUES must be true or false", "'maybe'")),
+    ({"TOPIC_USAGE_DECIMAL_VALUE": "true"}, ("TOPIC_USAGE_DECIMAL_VALUE is not a known setting",)),
     ({"CONNECTOR_RATE_LIMIT_RPS": "inf"}, ("CONNECTOR_RATE_LIMIT_RPS must be a number",)),
     ({"CONNECTOR_RATE_LIMIT_RPS": "nan"}, ("CONNECTOR_RATE_LIMIT_RPS must be a number",)),
     ({"CONNECTOR_SHUTDOWN_TIMEOUT_S": "-3"}, ("CONNECTOR_SHUTDOWN_TIMEOUT_S",)),
