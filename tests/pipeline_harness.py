@@ -107,6 +107,9 @@ def connector_env(
             "CONNECTOR_METRICS_PORT": "0",
             "CONNECTOR_COMMIT_INTERVAL_MS": "200",
             "CONNECTOR_LINGER_MS": "20",
+            # The emulator has no sandbox limit unless started with sandbox_limits; tests of the
+            # test-mode default (25 requests/s) remove this or start it so.
+            "CONNECTOR_RATE_LIMIT_RPS": "10000",
         }
     )
     for topic in topic_list:

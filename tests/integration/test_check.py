@@ -35,9 +35,16 @@ def event_name() -> str:
 
 
 def create_meter(
-    url: str, name: str, *, customer_key: str | None = None, value_key: str | None = None
+    url: str,
+    name: str,
+    *,
+    customer_key: str | None = None,
+    value_key: str | None = None,
+    window: str | None = None,
 ) -> str:
     form = {"display_name": name, "event_name": name, "default_aggregation[formula]": "sum"}
+    if window:
+        form["event_time_window"] = window
     if customer_key:
         form |= {"customer_mapping[type]": "by_id", "customer_mapping[event_payload_key]": customer_key}
     if value_key:
@@ -129,9 +136,14 @@ def test_a_healthy_setup_passes_and_states_test_mode(setup: Callable[..., dict[s
     assert "Traceback" not in out + result.stderr and API_KEY not in out
     assert f"key sk_test_{MASK} accepted" in out and "test mode" in out
     lines = out.splitlines()
-    for name in ("configuration", "schemas", "kafka", "stripe", "meters", "billing"):
+    for name in ("configuration", "schemas", "kafka", "stripe", "stream", "meters", "billing"):
         assert any(line.startswith(f"  ok      {name}") for line in lines), (name, out)
-    assert out.rstrip().endswith("All 6 checks passed.")
+    assert out.rstrip().endswith("All 7 checks passed.")
+    stream = next(line for line in lines if line.startswith("  ok      stream"))
+    host = env["STRIPE_METER_EVENTS_BASE"].split("://")[1]
+    assert "(test mode)" in stream and "tokens live 900 s" in stream
+    assert f"{host} accepted the token" in stream
+    assert "whole numbers only" in out and "rate limit 10000 requests/s (CONNECTOR_RATE_LIMIT_RPS)" in out
 
 
 def test_a_missing_meter_fails(
@@ -295,6 +307,7 @@ def test_unreachable_kafka_and_stripe_are_failures_not_tracebacks(
     assert "Connection refused" in checks["kafka"][1]
     assert checks["stripe"][0] == "failed"
     assert "could not reach Stripe at http://127.0.0.1:1" in checks["stripe"][1]
+    assert checks["stream"][0] == "failed" and "creating a meter event session failed" in checks["stream"][1]
     assert checks["meters"][0] == checks["billing"][0] == "skipped"
 
 
@@ -314,3 +327,92 @@ def test_a_refused_key_fails_with_its_mode_and_mask(
     state, text = checks["stripe"]
     assert state == "failed" and "401" in text and f"sk_test_{MASK}" in text and "test mode" in text
     assert checks["meters"][0] == "skipped"
+    state, text = checks["stream"]
+    assert state == "failed" and "rejected the API key" in text and f"sk_test_{MASK}" in text
+
+
+def test_an_unreachable_meter_events_host_fails_the_stream_check(
+    setup: Callable[..., dict[str, str]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = setup() | {"STRIPE_METER_EVENTS_BASE": "http://127.0.0.1:1"}
+    status, _, checks = run_check(env, monkeypatch, capsys)
+    assert status == 1
+    state, text = checks["stream"]
+    assert state == "failed" and "127.0.0.1:1 did not answer" in text and "STRIPE_METER_EVENTS_BASE" in text
+    assert checks["stripe"][0] == checks["meters"][0] == "ok"
+
+
+def test_a_meter_events_host_of_another_stripe_refuses_the_token(
+    setup: Callable[..., dict[str, str]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with EmulatorProcess() as other:
+        env = setup() | {"STRIPE_METER_EVENTS_BASE": other.url}
+        status, _, checks = run_check(env, monkeypatch, capsys)
+    assert status == 1
+    state, text = checks["stream"]
+    assert state == "failed" and "refused the session's token (HTTP 401" in text
+
+
+def test_decimal_topics_are_named(
+    setup: Callable[..., dict[str, str]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = setup()
+    key = topic_env_key(env["_TOPIC"])
+    _, _, checks = run_check(env | {f"TOPIC_{key}_DECIMAL_VALUES": "true"}, monkeypatch, capsys)
+    expected = f"{env['_TOPIC']}: decimal values allowed (TOPIC_{key}_DECIMAL_VALUES=true"
+    assert expected in checks["configuration"][1]
+    _, _, checks = run_check(env, monkeypatch, capsys)
+    assert f"{env['_TOPIC']}: whole numbers only" in checks["configuration"][1]
+
+
+@pytest.mark.parametrize("window", ["hour", "day"])
+def test_a_pre_aggregated_meter_fails_check_and_run_refuses_to_start(
+    setup: Callable[..., dict[str, str]],
+    stripe_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    window: str,
+) -> None:
+    env = setup(meter=False)
+    topic = env["_TOPIC"]
+    meter_id = create_meter(stripe_url, env[f"TOPIC_{topic_env_key(topic)}_EVENT_NAME"], window=window)
+    bill(stripe_url, meter_id)
+    status, _, checks = run_check(env, monkeypatch, capsys)
+    assert status == 1
+    state, text = checks["meters"]
+    assert state == "failed" and meter_id in text and f"event_time_window={window}" in text
+    assert "only the most recently received event per customer" in text
+    env.pop("_TOPIC")
+    result = subprocess.run(
+        [sys.executable, "-m", "connector", "run"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "refusing to start" in result.stderr and f"{topic}: meter {meter_id}" in result.stderr
+    assert f"event_time_window={window}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_and_run_read_compressed_answers(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    group_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with EmulatorProcess(compress=True) as emulator:
+        topic = make_topic(partitions=1)
+        make_topic(partitions=1, name=f"{topic}.dlq")
+        name = event_name()
+        bill(emulator.url, create_meter(emulator.url, name))
+        env = connector_env(kafka_bootstrap, emulator.url, [topic], group_id)
+        env[f"TOPIC_{topic_env_key(topic)}_EVENT_NAME"] = name
+        status, _, checks = run_check(env, monkeypatch, capsys)
+        stats = httpx.get(f"{emulator.url}/_emulator/stats", timeout=10).json()
+    assert status == 0, checks
+    assert {state for state, _ in checks.values()} == {"ok"}
+    # httpx (the v1 client) asked for gzip and got it; the stream probe asked for none.
+    assert stats["responses_compressed"] > 0

@@ -70,8 +70,8 @@ class RawServer:
                 await reader.readexactly(length)
                 payload = gzip.compress(self.body)
                 writer.write(
-                    f"HTTP/1.1 {self.status} X\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
-                    f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                    f"HTTP/1.1 {self.status} X\r\nContent-Type: application/json\r\n"
+                    f"Content-Encoding: gzip\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
                     + payload
                 )
                 await writer.drain()

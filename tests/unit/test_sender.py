@@ -419,7 +419,9 @@ class DoNotRetry(httpx.AsyncBaseTransport):
     """Answers the next ``count`` stream requests with ``status`` + ``Stripe-Should-Retry: false``
     (before the emulator sees them), then lets requests through."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, status: int, count: int, retry_after: str = "") -> None:
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, status: int, count: int, retry_after: str = ""
+    ) -> None:
         self.inner, self.status, self.count, self.retry_after = inner, status, count, retry_after
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -389,7 +389,7 @@ PROBLEMS: list[tuple[dict[str, str | None], tuple[str, ...]]] = [
     ({"CONNECTOR_MAX_BUFFERED_RECORDS": "50"}, ("CONNECTOR_MAX_BUFFERED_RECORDS (50) must be at least",)),
     ({"CONNECTOR_MAX_IN_FLIGHT": "0"}, ("CONNECTOR_MAX_IN_FLIGHT",)),
     ({"CONNECTOR_RATE_LIMIT_RPS": "0"}, ("CONNECTOR_RATE_LIMIT_RPS must be a number > 0",)),
-    ({"TOPIC_USAGE_DECIMAL_VALUES": "maybe"}, ("TOPIC_USAGE_DECIMAL_VALUES must be true or false", "'maybe'")),
+    ({"TOPIC_USAGE_DECIMAL_VALUES": "maybe"}, ("TOPIC_USAGE_DECIMAL_VALUES must be true or false", "maybe")),
     ({"TOPIC_USAGE_DECIMAL_VALUE": "true"}, ("TOPIC_USAGE_DECIMAL_VALUE is not a known setting",)),
     ({"CONNECTOR_RATE_LIMIT_RPS": "inf"}, ("CONNECTOR_RATE_LIMIT_RPS must be a number",)),
     ({"CONNECTOR_RATE_LIMIT_RPS": "nan"}, ("CONNECTOR_RATE_LIMIT_RPS must be a number",)),
