@@ -375,6 +375,9 @@ def _connector_env(bootstrap: str, stripe_url: str) -> dict[str, str]:
             "KAFKA_SESSION_TIMEOUT_MS": str(TANSU_CONSUMER_SETTINGS["session.timeout.ms"]),
             "CONNECTOR_TOPICS": TOPIC,
             "TOPIC_USAGE_EVENT_NAME": EVENT_NAME,
+            # The demo's records carry doubles and decimals; its emulator account has decimal values
+            # enabled (Stripe's default is whole numbers only, as the connector's).
+            "TOPIC_USAGE_DECIMAL_VALUES": "true",
             "CONNECTOR_METRICS_PORT": "0",
             "CONNECTOR_COMMIT_INTERVAL_MS": "500",
             "CONNECTOR_SHUTDOWN_TIMEOUT_S": str(CONNECTOR_SHUTDOWN_TIMEOUT_S),
@@ -615,6 +618,8 @@ class Demo:
             session_ttl=SESSION_TTL_S,
             api_key=API_KEY,
             require_known_customers=True,  # events for customers Stripe does not know would not bill
+            decimal_values=True,  # an account with decimals enabled: the demo's values have fractions
+            sandbox_limits=True,  # Stripe's test-mode limit (25 requests/s), which the connector follows
         )
         # The emulator shares our process group, so a Ctrl-C in the terminal would reach it too and,
         # during its startup, print a KeyboardInterrupt traceback; the mask is inherited, so it never
@@ -629,8 +634,9 @@ class Demo:
         self.stripe = StripeApi(url)
         self.show.step(
             "stripe",
-            f"emulator on {url}: {EMULATOR_LATENCY_MS} ms latency, session tokens live {SESSION_TTL_S} s "
-            f"({time.monotonic() - began:.1f} s)",
+            f"emulator on {url}: {EMULATOR_LATENCY_MS} ms latency, session tokens live {SESSION_TTL_S} s, "
+            "test-mode limit 25 requests/s, decimal values enabled on the account "
+            f"(and TOPIC_USAGE_DECIMAL_VALUES=true) ({time.monotonic() - began:.1f} s)",
         )
         return url
 
@@ -900,6 +906,7 @@ class Demo:
         self.show.line(f"  export STRIPE_API_KEY={API_KEY}")
         self.show.line(f"  export STRIPE_API_BASE={url} STRIPE_METER_EVENTS_BASE={url}")
         self.show.line(f"  export CONNECTOR_TOPICS={TOPIC} TOPIC_USAGE_EVENT_NAME={EVENT_NAME}")
+        self.show.line("  export TOPIC_USAGE_DECIMAL_VALUES=true")
         self.show.line("  kafka-stripe run")
         self.show.line()
         self.show.line(

@@ -514,6 +514,16 @@ def test_compose_connector_reaches_the_emulator() -> None:
     assert f"127.0.0.1:{port}/_emulator/health" in health
 
 
+def test_compose_emulator_account_and_connector_agree_on_decimal_values() -> None:
+    # The sample producer sends fractions: a connector allowing them needs an account that has them,
+    # else Stripe (and the emulator) drops those events after its 200.
+    argv = service_argv(compose_services()["emulator"])
+    emulator = build_parser("emulator").parse_args(argv[1:])
+    settings = connector_settings(service_env(compose_services()["connector"]))
+    assert settings.topic("usage").decimal_values is True
+    assert emulator.decimal_values is True
+
+
 def test_compose_connector_environment_is_a_valid_configuration() -> None:
     env = service_env(compose_services()["connector"])
     settings = connector_settings(env)  # ConfigurationError lists every problem
