@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -18,6 +17,7 @@ import orjson
 from connector.emulator import handlers
 from connector.emulator.clock import Clock, system_clock
 from connector.emulator.config import EmulatorConfig
+from connector.emulator.encoding import CONTENT_ENCODING, VARY, accepts_gzip, compress
 from connector.emulator.errors import ApiError
 from connector.emulator.handlers import Handler, Request
 from connector.emulator.state import EmulatorState
@@ -49,7 +49,11 @@ class DroppedConnection(httpx.RemoteProtocolError):
 
 
 _JSON = (b"content-type", b"application/json")
+_LENGTH_2 = (b"content-length", b"2")
 _OK_BODY: Message = {"type": "http.response.body", "body": b"{}", "more_body": False}
+_OK_GZIP_BYTES = compress(b"{}")
+_GZIP_LENGTH = (b"content-length", str(len(_OK_GZIP_BYTES)).encode())
+_OK_GZIP: Message = {"type": "http.response.body", "body": _OK_GZIP_BYTES, "more_body": False}
 _request_ids = itertools.count(1)
 _Route = tuple[Handler, bool]  # handler, whether it needs a secret key
 
@@ -60,6 +64,7 @@ def _routes() -> tuple[dict[tuple[str, str], _Route], list[tuple[str, re.Pattern
         ("POST", "/v2/billing/meter_event_session"): (h.create_session, True),
         ("POST", "/v2/billing/meter_event_adjustments"): (h.create_adjustment_v2, True),
         ("GET", "/v2/core/events"): (h.list_events_v2, True),
+        ("POST", "/v2/core/accounts"): (h.create_account_v2, True),
         ("POST", "/v1/billing/meters"): (h.create_meter, True),
         ("GET", "/v1/billing/meters"): (h.list_meters, True),
         ("POST", "/v1/billing/meter_events"): (h.create_meter_event, True),
@@ -80,6 +85,7 @@ def _routes() -> tuple[dict[tuple[str, str], _Route], list[tuple[str, re.Pattern
     segment = r"([A-Za-z0-9_\-]+)"
     patterns = [
         ("GET", rf"/v2/core/events/{segment}", h.retrieve_event_v2),
+        ("GET", rf"/v2/core/accounts/{segment}", h.retrieve_account_v2),
         ("GET", rf"/v1/billing/meters/{segment}", h.retrieve_meter),
         ("POST", rf"/v1/billing/meters/{segment}", h.update_meter),
         ("POST", rf"/v1/billing/meters/{segment}/deactivate", h.deactivate_meter),
@@ -97,22 +103,34 @@ def _routes() -> tuple[dict[tuple[str, str], _Route], list[tuple[str, re.Pattern
     ]
 
 
-def _credentials(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The key or token of an ``Authorization`` header (Bearer, or Basic with the key as user)."""
+def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The ``Authorization``, ``Idempotency-Key`` and ``Accept-Encoding`` values, in one pass."""
+    authorization = idempotency_key = accept = None
     for name, value in headers:
         if name == b"authorization":
-            text = value.decode("latin-1").strip()
-            scheme, _, rest = text.partition(" ")
-            scheme = scheme.lower()
-            if scheme == "bearer":
-                return rest.strip() or None
-            if scheme == "basic":
-                try:
-                    user = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
-                except ValueError:
-                    return None
-                return user.partition(":")[0] or None
+            authorization = value
+        elif name == b"idempotency-key":
+            idempotency_key = value
+        elif name == b"accept-encoding":
+            accept = value
+    return authorization, idempotency_key, accept
+
+
+def _bearer(authorization: bytes | None) -> str | None:
+    """The key or token of an ``Authorization`` value (Bearer, or Basic with the key as user)."""
+    if authorization is None:
+        return None
+    text = authorization.decode("latin-1").strip()
+    scheme, _, rest = text.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return rest.strip() or None
+    if scheme == "basic":
+        try:
+            user = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
+        except ValueError:
             return None
+        return user.partition(":")[0] or None
     return None
 
 
@@ -198,46 +216,49 @@ class EmulatorApp:
         self._last_stream = time.monotonic()
         # Nothing below awaits until the response is sent: faults, auth and intake are atomic.
         faults = state.faults  # read after the awaits: a reset may have replaced it
+        authorization, idempotency_key, accept = _scan(scope["headers"])
+        # Decided before intake: the request's events carry it to their error reports.
+        request_id = b"req_%d" % next(_request_ids)
         if faults.stream_faulty:
             fault = self._stream_fault()
             if fault is not None:
-                await self._send_error(send, fault, True, stream=True)
+                await self._send_error(send, fault, True, request_id, accept, stream=True)
                 return
         now = state.clock()
         try:
-            session = state.stream_session(_credentials(scope["headers"]), now)
-            session.ledger.ingest_stream(body, now)
+            session = state.stream_session(_bearer(authorization), now)
+            if faults.mode_limits is not None:
+                state.check_mode_limit(session.livemode, stream=True)
+            session.ledger.ingest_stream(body, now, request_id, idempotency_key)
         except ApiError as error:
-            await self._send_error(send, error, True, stream=True)
+            await self._send_error(send, error, True, request_id, accept, stream=True)
             return
+        if faults.compress:
+            headers, message = self._stream_ok(request_id, accept)
+        else:
+            headers = [_JSON, _LENGTH_2, (b"request-id", request_id)]
+            message = _OK_BODY
         if faults.drop_rate and faults.random.random() < faults.drop_rate:
             # Recorded, then lost in transit: the client cannot know, and a retry must dedupe.
             state.stats.stream_requests_dropped += 1
             state.stats.faults_injected["dropped"] += 1
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [_JSON, (b"content-length", b"2")],
-                }
-            )
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             raise DroppedConnection("connection dropped by the emulator (drop_rate fault)")
         by_status = state.stats.stream_requests_by_status
         by_status[200] = by_status.get(200, 0) + 1
         by_status = state.stats.requests_by_status
         by_status[200] = by_status.get(200, 0) + 1
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    _JSON,
-                    (b"content-length", b"2"),
-                    (b"request-id", b"req_%d" % next(_request_ids)),
-                ],
-            }
-        )
-        await send(_OK_BODY)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(message)
+
+    def _stream_ok(
+        self, request_id: bytes, accept: bytes | None
+    ) -> tuple[list[tuple[bytes, bytes]], Message]:
+        """The stream's 200 when compression is on: gzipped if the client takes it, Vary either way."""
+        if accepts_gzip(accept):
+            self.state.stats.responses_compressed += 1
+            return [_JSON, _GZIP_LENGTH, CONTENT_ENCODING, VARY, (b"request-id", request_id)], _OK_GZIP
+        return [_JSON, _LENGTH_2, VARY, (b"request-id", request_id)], _OK_BODY
 
     def _stream_fault(self) -> ApiError | None:
         faults = self.state.faults
@@ -245,39 +266,17 @@ class EmulatorApp:
         draw = faults.random.random
         if faults.outage:
             injected["outage"] += 1
-            return ApiError(
-                503,
-                "The meter event stream is temporarily unavailable (emulated outage).",
-                type="api_error",
-                code="service_unavailable",
-            )
+            return faults.unavailable()
         if faults.error_rate and draw() < faults.error_rate:
             injected["error"] += 1
-            return ApiError(
-                500, "An unknown error occurred (emulated).", type="api_error", code="internal_error"
-            )
+            return faults.internal_error()
         if faults.rate_limited_rate and draw() < faults.rate_limited_rate:
             injected["rate_limited"] += 1
-            return self._rate_limited("global-rate")
+            return faults.rate_limited("global-rate")
         if faults.bucket is not None and not faults.bucket.take():
             injected["throttled"] += 1
-            return self._rate_limited("endpoint-rate")
+            return faults.rate_limited("endpoint-rate")
         return None
-
-    def _rate_limited(self, reason: str) -> ApiError:
-        headers = {"Stripe-Rate-Limited-Reason": reason}
-        retry_after = self.state.faults.retry_after
-        if retry_after is not None:
-            # HTTP's Retry-After holds whole seconds.
-            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-        return ApiError(
-            429,
-            "Request rate limit exceeded. You can learn more about rate limits here "
-            "https://docs.stripe.com/rate-limits.",
-            type="rate_limit",
-            code="rate_limit",
-            headers=headers,
-        )
 
     # -- everything else ------------------------------------------------------------------------
 
@@ -291,14 +290,15 @@ class EmulatorApp:
             state.stats.faults_injected["latency"] += 1
             await asyncio.sleep(state.faults.latency_ms / 1000)
         body = await _read_body(receive)
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        authorization, idempotency_key, accept = _scan(scope["headers"])
+        request_id = b"req_%d" % next(_request_ids)
         try:
             handler, needs_key, args = self._route(method, path)
             if state.pending_events and (needs_key or _wants_fresh_stats(path, scope)):
                 await self._drain()
             # From here to the response nothing awaits: the handler sees and changes the state
             # atomically with respect to every other request.
-            account = state.authenticate_key(_credentials(headers)) if needs_key else None
+            account = state.authenticate_key(_bearer(authorization)) if needs_key else None
             request = Request(
                 state=state,
                 account=account,
@@ -307,14 +307,16 @@ class EmulatorApp:
                 args=args,
                 query=scope.get("query_string", b""),
                 body=body,
-                api_version=_header(headers, b"stripe-version"),
+                api_version=_header(scope["headers"], b"stripe-version"),
                 now=state.clock(),
+                request_id=request_id,
+                idempotency_key=idempotency_key,
             )
             status, payload = handler(request)
         except ApiError as error:
-            await self._send_error(send, error, v2, counted=not controls)
+            await self._send_error(send, error, v2, request_id, accept, control=controls)
             return
-        await self._send(send, status, orjson.dumps(payload), counted=not controls)
+        await self._send(send, status, orjson.dumps(payload), request_id, accept, control=controls)
 
     async def _drain(self) -> None:
         """Validate what was queued before this request in slices, letting other requests run in
@@ -345,32 +347,49 @@ class EmulatorApp:
         send: Send,
         status: int,
         body: bytes,
+        request_id: bytes,
+        accept: bytes | None,
         extra: list[tuple[bytes, bytes]] | None = None,
         *,
-        counted: bool = True,
+        control: bool = False,
         stream: bool = False,
     ) -> None:
-        if counted:
-            by_status = self.state.stats.requests_by_status
+        """One JSON response. Control routes (``/_emulator/*``) are neither counted nor compressed."""
+        stats = self.state.stats
+        headers = [_JSON]
+        if not control:
+            by_status = stats.requests_by_status
             by_status[status] = by_status.get(status, 0) + 1
+            if self.state.faults.compress:
+                headers.append(VARY)
+                if accepts_gzip(accept):
+                    body = compress(body)
+                    headers.append(CONTENT_ENCODING)
+                    stats.responses_compressed += 1
         if stream:
-            by_status = self.state.stats.stream_requests_by_status
+            by_status = stats.stream_requests_by_status
             by_status[status] = by_status.get(status, 0) + 1
-        headers = [
-            _JSON,
-            (b"content-length", str(len(body)).encode()),
-            (b"request-id", b"req_%d" % next(_request_ids)),
-        ]
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"request-id", request_id))
         if extra:
             headers.extend(extra)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _send_error(
-        self, send: Send, error: ApiError, v2: bool, *, counted: bool = True, stream: bool = False
+        self,
+        send: Send,
+        error: ApiError,
+        v2: bool,
+        request_id: bytes,
+        accept: bytes | None,
+        *,
+        control: bool = False,
+        stream: bool = False,
     ) -> None:
         extra = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-        await self._send(send, error.status, error_body(error, v2), extra, counted=counted, stream=stream)
+        body = error_body(error, v2)
+        await self._send(send, error.status, body, request_id, accept, extra, control=control, stream=stream)
 
     # -- lifespan and background validation -------------------------------------------------------
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from connector.emulator.accounts import CoreAccount
 from connector.emulator.errors import ApiError, invalid, no_such
 from connector.emulator.ids import new_id
 
 CUSTOMER_ID = re.compile(r"cus_[A-Za-z0-9]+\Z")
+ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]+\Z")  # an Accounts v2 account configured as a customer
 INTERVALS = ("day", "week", "month", "year")
 USAGE_TYPES = ("licensed", "metered")
 # Since 2025-03-31.basil a metered price must name a meter; older versions allowed legacy usage records.
@@ -195,6 +197,7 @@ class Catalog:
     products: dict[str, Product] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)
     customers: dict[str, Customer] = field(default_factory=dict)
+    accounts: dict[str, CoreAccount] = field(default_factory=dict)
 
     # -- products -------------------------------------------------------------------------------
 
@@ -321,6 +324,18 @@ class Catalog:
         if customer is None:
             raise no_such("customer", customer_id)
         return customer
+
+    # -- Accounts v2 ----------------------------------------------------------------------------
+
+    def add_account(self, account: CoreAccount) -> None:
+        """Keep a new account; one configured as a customer resolves in meter events from now on."""
+        self.accounts[account.id] = account
+
+    def account(self, account_id: str) -> CoreAccount:
+        account = self.accounts.get(account_id)
+        if account is None:
+            raise ApiError(404, f"No such account: '{account_id}'", code="resource_missing")
+        return account
 
 
 def _check_meter(

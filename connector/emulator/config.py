@@ -26,6 +26,17 @@ class EmulatorConfig:
     require_known_customers: bool = False
     # Seed for the fault-injection random draws, for reproducible fault sequences.
     seed: int | None = None
+    # Gzip every API response whose request accepts gzip (also a runtime fault field).
+    compress: bool = False
+    # When not None, injected stream errors (500, 503, 429) carry ``Stripe-Should-Retry`` with this
+    # value (also a runtime fault field).
+    should_retry: bool | None = None
+    # Stripe accepts whole-number meter values unless decimals were enabled for the account; when
+    # false, a value with a decimal point fails validation with ``meter_event_invalid_value``.
+    decimal_values: bool = False
+    # Stripe's own limits on the meter event endpoints when no rate_limit_rps is set: 25 requests/s
+    # per test-mode account (the basic limit), 10,000/s on the live stream, 1,000/s on live v1 events.
+    sandbox_limits: bool = False
 
     def __post_init__(self) -> None:
         problems = check_settings(
@@ -39,6 +50,8 @@ class EmulatorConfig:
                 "rate_limit_rps": self.rate_limit_rps,
             }
         )
+        if self.should_retry is not None and not isinstance(self.should_retry, bool):
+            problems.append("should_retry must be true, false or null")
         if self.api_key is not None and not is_secret_key(self.api_key):
             problems.append("api_key must start with sk_test_, sk_live_, rk_test_ or rk_live_")
         if problems:

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
+from connector.emulator.accounts import check_include, create_account
 from connector.emulator.catalog import (
     INTERVALS,
     USAGE_TYPES,
@@ -43,6 +44,8 @@ class Request:
     body: bytes
     api_version: str | None
     now: float
+    request_id: bytes  # the Request-Id header this request's response carries
+    idempotency_key: bytes | None  # the Idempotency-Key header it was sent with
 
     @property
     def acct(self) -> Account:
@@ -289,6 +292,7 @@ def meter_event_summaries(request: Request) -> Result:
 
 
 def create_meter_event(request: Request) -> Result:
+    request.state.check_mode_limit(request.acct.livemode, stream=False)
     params = request.form()
     event_name = params.text("event_name", required=True, max_length=MAX_NAME_LENGTH)
     payload = params.string_map("payload", required=True)
@@ -298,7 +302,13 @@ def create_meter_event(request: Request) -> Result:
     assert event_name is not None and payload is not None
     account = request.acct
     identifier = account.ledger.ingest_one(
-        event_name, payload, identifier, None if timestamp is None else float(timestamp), request.now
+        event_name,
+        payload,
+        identifier,
+        None if timestamp is None else float(timestamp),
+        request.now,
+        request.request_id,
+        request.idempotency_key,
     )
     return 200, {
         "object": "billing.meter_event",
@@ -602,6 +612,29 @@ def create_customer(request: Request) -> Result:
 def retrieve_customer(request: Request) -> Result:
     request.form().finish()
     return 200, request.acct.catalog.customer(request.args[0]).to_json()
+
+
+# -- v2: accounts (configured as customers) ------------------------------------------------------
+
+_INCLUDE_KEY = re.compile(r"include(?:\[\d*\])?\Z")
+
+
+def create_account_v2(request: Request) -> Result:
+    body = request.json(allow_empty=True)
+    account, include = create_account(body, request.acct.livemode, request.now)
+    # Queued events were received before this account existed: judge them without it.
+    request.state.process_pending()
+    request.acct.catalog.add_account(account)
+    return 200, account.to_json(include)
+
+
+def retrieve_account_v2(request: Request) -> Result:
+    include: list[str] = []
+    for key, value in parse_qsl(request.query.decode("utf-8", errors="replace"), keep_blank_values=True):
+        if not _INCLUDE_KEY.match(key):
+            raise ApiError(400, f"Received unknown parameter: {key}", code="parameter_unknown")
+        include.append(value)
+    return 200, request.acct.catalog.account(request.args[0]).to_json(check_include(include))
 
 
 # -- emulator controls --------------------------------------------------------------------------

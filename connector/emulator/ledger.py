@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import re
 import secrets
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -51,9 +52,20 @@ _fromisoformat = datetime.fromisoformat
 
 
 class _Batch:
-    """One accepted request (or one v1 event) on its way through the ledger."""
+    """One accepted request (or one v1 event) on its way through the ledger; its events' error
+    reports name the request through it."""
 
-    __slots__ = ("errors", "generated", "meters", "received_at", "seq", "source", "status")
+    __slots__ = (
+        "errors",
+        "generated",
+        "idempotency_key",
+        "meters",
+        "received_at",
+        "request_id",
+        "seq",
+        "source",
+        "status",
+    )
 
     def __init__(
         self,
@@ -61,14 +73,26 @@ class _Batch:
         source: bytes | list[dict[str, Any]],
         generated: dict[int, str] | None,
         seq: int,
+        request_id: bytes,
+        idempotency_key: bytes | None,
     ) -> None:
         self.received_at = received_at
         self.source = source
         self.generated = generated
         self.seq = seq
+        self.request_id = request_id
+        self.idempotency_key = idempotency_key
         self.status = bytearray()
         self.meters: dict[str, Meter] = {}  # event_name -> the meter that judged it
         self.errors: dict[int, tuple[str, str]] | None = None  # index -> (code, message)
+
+    def request(self) -> tuple[str, str]:
+        """The request's ``Request-Id`` and ``Idempotency-Key``. A request sent without a key is
+        given one the first time it is asked for (a random UUID, as stripe-python generates)."""
+        key = self.idempotency_key
+        if key is None:
+            key = self.idempotency_key = str(uuid.uuid4()).encode()
+        return self.request_id.decode("latin-1"), key.decode("latin-1")
 
     def events(self) -> list[dict[str, Any]]:
         source = self.source
@@ -133,6 +157,8 @@ class EventStatus:
     error_code: str | None = None
     error_message: str | None = None
     meter_id: str | None = None
+    request_id: str | None = None  # the Request-Id of the request that carried the event
+    idempotency_key: str | None = None  # that request's Idempotency-Key (or the emulator's own)
 
 
 class _Judging:
@@ -151,8 +177,16 @@ def _significant_digits(value: str) -> int:
 class MeterLedger:
     """Meters, meter events, error reports and summaries of one mode."""
 
-    def __init__(self, livemode: bool, stats: Stats, customer_known: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        livemode: bool,
+        stats: Stats,
+        customer_known: Callable[[str], bool],
+        *,
+        decimal_values: bool = False,
+    ) -> None:
         self.livemode = livemode
+        self._decimal_values = decimal_values
         self._stats = stats
         self._customer_known = customer_known
         self._meter_prefix = "mtr_" if livemode else "mtr_test_"
@@ -165,6 +199,9 @@ class MeterLedger:
         self._seen: dict[str, _Batch] = {}  # identifier -> request of its first copy (24 hours)
         # meter id -> customer -> minute -> usage
         self._usage: dict[str, dict[str, dict[int, _Bucket]]] = {}
+        # Pre-aggregated meters: (meter id, customer, window start) -> the window's valid events as
+        # (order, timestamp, value) in receipt order; only the last one is in ``_usage``.
+        self._windows: dict[tuple[str, str, int], list[tuple[int, float, str]]] = {}
         self.thin_events: list[ThinEvent] = []
         self._thin_by_id: dict[str, ThinEvent] = {}
         self._batch_seq = itertools.count()
@@ -177,12 +214,14 @@ class MeterLedger:
     def _new_identifier(self) -> str:
         return f"{self._generated_prefix}{next(self._generated)}"
 
-    def ingest_stream(self, body: bytes, now: float) -> None:
+    def ingest_stream(
+        self, body: bytes, now: float, request_id: bytes, idempotency_key: bytes | None
+    ) -> None:
         """Queue one ``meter_event_stream`` body, or raise its 400 having recorded nothing."""
         count, generated = check_stream_body(body, self._new_identifier)
         self._stats.events_received += count
         self.pending_events += count
-        self._pending.append(_Batch(now, body, generated, next(self._batch_seq)))
+        self._pending.append(_Batch(now, body, generated, next(self._batch_seq), request_id, idempotency_key))
 
     def ingest_one(
         self,
@@ -191,6 +230,8 @@ class MeterLedger:
         identifier: str | None,
         timestamp: float | None,
         now: float,
+        request_id: bytes,
+        idempotency_key: bytes | None,
     ) -> str:
         """Queue one v1 ``meter_events`` create; a repeated identifier is a 400 there, not a no-op."""
         self.process(now)
@@ -209,7 +250,7 @@ class MeterLedger:
             event["timestamp"] = timestamp
         self._stats.events_received += 1
         self.pending_events += 1
-        self._pending.append(_Batch(now, [event], None, next(self._batch_seq)))
+        self._pending.append(_Batch(now, [event], None, next(self._batch_seq), request_id, idempotency_key))
         return identifier
 
     # -- deduplication and asynchronous validation ------------------------------------------------
@@ -258,13 +299,13 @@ class MeterLedger:
                 else:
                     seen[identifier] = batch  # the earlier copy is more than 24 hours older
                 accepted += 1
-                # Fast path, inlined, for the common valid event: a sum/count meter, a UTC
+                # Fast path, inlined, for the common valid event: a plain sum/count meter, a UTC
                 # timestamp whose second was parsed before, a known customer, an integer value.
                 # Anything else, or anything missing from the caches, goes to ``_judge``.
                 name = event["event_name"]
                 meter = active.get(name)
                 raw = event.get("timestamp")
-                if meter is not None and meter.formula != "last" and type(raw) is str and raw[-1] == "Z":
+                if meter is not None and meter.plain and type(raw) is str and raw[-1] == "Z":
                     base = seconds.get(raw[:19])
                     if base is not None:
                         fraction = raw[19:-1]
@@ -291,7 +332,7 @@ class MeterLedger:
                             status[index] = VALID
                             valid += 1
                             continue
-                status[index] = judge(batch, index, identifier, event, judging)
+                status[index] = judge(batch, index, event, judging)
             handled += count
             self._processed.append(batch)
         if handled:
@@ -324,9 +365,7 @@ class MeterLedger:
             return base + float(fraction) if fraction else base
         return parse_rfc3339(raw)
 
-    def _judge(
-        self, batch: _Batch, index: int, identifier: str, event: dict[str, Any], judging: _Judging
-    ) -> int:
+    def _judge(self, batch: _Batch, index: int, event: dict[str, Any], judging: _Judging) -> int:
         """Stripe's asynchronous checks of one first copy; a valid event is added to its bucket."""
         name: str = event["event_name"]
         payload: dict[str, str] = event["payload"]
@@ -372,14 +411,19 @@ class MeterLedger:
             ):
                 code = "meter_event_invalid_value"
                 message = f"Value '{value}' for key {meter.value_key} is not a decimal number."
+            elif not self._decimal_values and "." in value:
+                # Stricter than needed on purpose: even ``12.0`` is refused.
+                code = "meter_event_invalid_value"
+                message = (
+                    f"Value '{value}' for key {meter.value_key} is not a whole number: this account "
+                    "accepts whole-number values only (decimal values are enabled per account by Stripe)."
+                )
             elif len(value) > MAX_SIGNIFICANT_DIGITS and _significant_digits(value) > MAX_SIGNIFICANT_DIGITS:
                 code = "meter_event_value_too_many_digits"
                 message = f"Value '{value}' has more than {MAX_SIGNIFICANT_DIGITS} significant digits."
             else:
                 batch.meters[name] = meter
-                self._bucket(meter.id, customer, timestamp).add(
-                    value, timestamp, batch.seq * 128 + index, meter.formula == "last"
-                )
+                self._count(meter, customer, timestamp, value, batch.seq * 128 + index)
                 self._stats.events_valid += 1
                 return VALID
         if meter is not None:
@@ -392,8 +436,39 @@ class MeterLedger:
         report = judging.reports.get(key)
         if report is None:
             report = judging.reports[key] = ErrorReport(meter, received_at, received_at)
-        report.add(code, message, identifier, received_at)
+        report.add(code, message, batch, received_at)
         return INVALID
+
+    def _count(self, meter: Meter, customer: str, timestamp: float, value: str, order: int) -> None:
+        """Add a valid event to the usage. On a pre-aggregated meter it supersedes the event of the
+        same customer and window received before it: only the latest received one counts."""
+        last = meter.formula == "last"
+        window = meter.event_time_window
+        if window is not None:
+            size = WINDOW_SECONDS[window]
+            events = self._windows.setdefault((meter.id, customer, int(timestamp // size) * size), [])
+            if events:
+                previous, at, counted = events[-1]
+                self._bucket(meter.id, customer, at).remove(counted, at, previous)
+            events.append((order, timestamp, value))
+        self._bucket(meter.id, customer, timestamp).add(value, timestamp, order, last)
+
+    def _uncount(self, meter: Meter, customer: str, timestamp: float, value: str, order: int) -> None:
+        """Take a canceled event out of the usage. On a pre-aggregated meter, canceling the window's
+        latest event lets the one received before it count again (if any); canceling a superseded
+        one changes nothing."""
+        window = meter.event_time_window
+        if window is not None:
+            size = WINDOW_SECONDS[window]
+            events = self._windows[(meter.id, customer, int(timestamp // size) * size)]
+            latest = events[-1][0] == order
+            events.remove((order, timestamp, value))
+            if not latest:
+                return
+            if events:
+                previous, at, counted = events[-1]
+                self._bucket(meter.id, customer, at).add(counted, at, previous, meter.formula == "last")
+        self._bucket(meter.id, customer, timestamp).remove(value, timestamp, order)
 
     def _bucket(self, meter_id: str, customer: str, timestamp: float) -> _Bucket:
         minute = int(timestamp // 60) * 60
@@ -539,11 +614,20 @@ class MeterLedger:
             for queued in self._pending:
                 for index, event in enumerate(queued.events()):
                     if queued.identifier(event, index) == identifier:
-                        return EventStatus(identifier, event["event_name"], "pending", queued.received_at)
+                        request_id, key = queued.request()
+                        return EventStatus(
+                            identifier,
+                            event["event_name"],
+                            "pending",
+                            queued.received_at,
+                            request_id=request_id,
+                            idempotency_key=key,
+                        )
             return None
         index, event = batch.find(identifier)
         code, message = (batch.errors or {}).get(index, (None, None))
         meter = batch.meters.get(event["event_name"])
+        request_id, key = batch.request()
         return EventStatus(
             identifier=identifier,
             event_name=event["event_name"],
@@ -552,6 +636,8 @@ class MeterLedger:
             error_code=code,
             error_message=message,
             meter_id=None if meter is None else meter.id,
+            request_id=request_id,
+            idempotency_key=key,
         )
 
     def cancel(self, event_name: str, identifier: str, now: float) -> None:
@@ -581,8 +667,13 @@ class MeterLedger:
             meter = batch.meters[event_name]
             payload = event["payload"]
             timestamp = self._event_time(event.get("timestamp"), batch.received_at)
-            bucket = self._bucket(meter.id, payload[meter.customer_key], timestamp)
-            bucket.remove(payload[meter.value_key], timestamp, batch.seq * 128 + index)
+            self._uncount(
+                meter,
+                payload[meter.customer_key],
+                timestamp,
+                payload[meter.value_key],
+                batch.seq * 128 + index,
+            )
             self._stats.events_valid -= 1
         else:
             self._stats.events_invalid -= 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 FORMULAS = ("sum", "count", "last")
@@ -23,6 +23,12 @@ class Meter:
     updated: int
     status: str = "active"
     deactivated_at: int | None = None
+    # Every valid event adds to its minute: no ``last`` formula, no pre-aggregation window. The
+    # ledger's inlined fast path handles only these.
+    plain: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plain = self.formula != "last" and self.event_time_window is None
 
     def to_json(self) -> dict[str, Any]:
         return {

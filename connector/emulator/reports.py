@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from connector.emulator.meter import Meter
 from connector.emulator.timestamps import format_rfc3339
@@ -42,6 +42,12 @@ class ThinEvent:
         return body
 
 
+class Origin(Protocol):
+    """The request that carried an event: its ``Request-Id`` and ``Idempotency-Key``."""
+
+    def request(self) -> tuple[str, str]: ...
+
+
 @dataclass(slots=True)
 class ErrorReport:
     """The errors one validation pass found for one meter (or for no meter): one thin event."""
@@ -52,7 +58,7 @@ class ErrorReport:
     count: int = 0
     codes: dict[str, tuple[list[int], list[dict[str, Any]]]] = field(default_factory=dict)
 
-    def add(self, code: str, message: str, identifier: str, received_at: float) -> None:
+    def add(self, code: str, message: str, origin: Origin, received_at: float) -> None:
         self.count += 1
         self.start = min(self.start, received_at)
         self.end = max(self.end, received_at)
@@ -62,7 +68,11 @@ class ErrorReport:
             self.codes[code] = entry
         entry[0][0] += 1
         if len(entry[1]) < SAMPLE_ERRORS_PER_CODE:
-            entry[1].append({"error_message": message, "request": {"identifier": identifier}})
+            # Stripe names the request that carried the event, not the event's identifier.
+            request_id, idempotency_key = origin.request()
+            entry[1].append(
+                {"error_message": message, "request": {"id": request_id, "idempotency_key": idempotency_key}}
+            )
 
     def data(self) -> dict[str, Any]:
         noun = "is 1 invalid event" if self.count == 1 else f"are {self.count} invalid events"

@@ -79,6 +79,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="meter events resolve only customers created with POST /v1/customers",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for fault-injection draws")
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="gzip every API response whose request accepts gzip (Accept-Encoding)",
+    )
+    parser.add_argument(
+        "--should-retry",
+        choices=("true", "false"),
+        default=None,
+        help="send Stripe-Should-Retry with this value on injected stream errors (500, 503, 429)",
+    )
+    parser.add_argument(
+        "--decimal-values",
+        action="store_true",
+        help="the account accepts decimal meter values (Stripe enables them per account); "
+        "otherwise a value with a decimal point is invalid",
+    )
+    parser.add_argument(
+        "--sandbox-limits",
+        action="store_true",
+        help="Stripe's own limits on meter events when --rate-limit-rps is 0: 25 requests/s in test "
+        "mode, 10,000/s on the live stream, 1,000/s on live v1 meter events",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -93,6 +116,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         api_key=args.api_key,
         require_known_customers=args.require_known_customers,
         seed=args.seed,
+        compress=args.compress,
+        should_retry=None if args.should_retry is None else args.should_retry == "true",
+        decimal_values=args.decimal_values,
+        sandbox_limits=args.sandbox_limits,
     )
 
 
@@ -190,7 +217,8 @@ class EmulatorProcess:
     """The emulator in a subprocess on a free port; a context manager exposing ``url``.
 
     Keyword options are CLI options (``session_ttl=1`` -> ``--session-ttl 1``; ``True`` -> a bare
-    flag; ``None`` / ``False`` -> omitted). The child is SIGKILLed if this process (strictly, the
+    flag; ``None`` / ``False`` -> omitted), except ``should_retry``, whose ``True`` / ``False`` become
+    ``--should-retry true`` / ``false``. The child is SIGKILLed if this process (strictly, the
     thread that started it) dies, and terminated on ``stop()`` / context exit.
     """
 
@@ -202,6 +230,10 @@ class EmulatorProcess:
         startup_timeout: float = 20.0,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
+        compress: bool = False,
+        should_retry: bool | None = None,
+        decimal_values: bool = False,
+        sandbox_limits: bool = False,
         **options: Any,
     ) -> None:
         self.host = host
@@ -209,7 +241,13 @@ class EmulatorProcess:
         self.startup_timeout = startup_timeout
         self.python = python
         self.env = env
-        self.options = options
+        self.options = {
+            **options,
+            "compress": compress,
+            "should_retry": None if should_retry is None else str(should_retry).lower(),
+            "decimal_values": decimal_values,
+            "sandbox_limits": sandbox_limits,
+        }
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None  # the exit status, once stopped
         self._url: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from connector.emulator.catalog import CUSTOMER_ID, Catalog
+from connector.emulator.catalog import ACCOUNT_ID, CUSTOMER_ID, Catalog
 from connector.emulator.clock import Clock, system_clock
 from connector.emulator.config import EmulatorConfig, is_secret_key
 from connector.emulator.errors import ApiError, mask_secret
@@ -27,14 +27,21 @@ class Account:
     def __init__(self, livemode: bool, stats: Stats, config: EmulatorConfig) -> None:
         self.livemode = livemode
         self.catalog = Catalog(livemode)
-        self.ledger = MeterLedger(livemode, stats, self.customer_known)
+        self.ledger = MeterLedger(livemode, stats, self.customer_known, decimal_values=config.decimal_values)
         self._strict_customers = config.require_known_customers
 
     def customer_known(self, customer_id: str) -> bool:
-        """Whether a meter event's customer id resolves (see ``EmulatorConfig.require_known_customers``)."""
-        if customer_id in self.catalog.customers:
+        """Whether a meter event's customer resolves: a customer (``cus_…``) or an Accounts v2 account
+        configured as a customer (``acct_…``); see ``EmulatorConfig.require_known_customers``."""
+        catalog = self.catalog
+        if customer_id in catalog.customers:
             return True
-        return not self._strict_customers and CUSTOMER_ID.match(customer_id) is not None
+        account = catalog.accounts.get(customer_id)
+        if account is not None:
+            return account.is_customer
+        return not self._strict_customers and (
+            CUSTOMER_ID.match(customer_id) is not None or ACCOUNT_ID.match(customer_id) is not None
+        )
 
 
 @dataclass(slots=True)
@@ -122,6 +129,17 @@ class EmulatorState:
         else:
             message = f"Invalid meter event session token provided: {mask_secret(token)}"
         raise ApiError(401, message, code="invalid_session_token")
+
+    def check_mode_limit(self, livemode: bool, *, stream: bool) -> None:
+        """``--sandbox-limits``: the 429 when the mode's bucket for this endpoint (the stream or v1
+        meter events) is empty; nothing when the limits are off or an explicit rate limit is set."""
+        faults = self.faults
+        limits = faults.mode_limits
+        if limits is not None:
+            reason = limits.take(livemode, stream)
+            if reason is not None:
+                self.stats.faults_injected["sandbox_limited"] += 1
+                raise faults.rate_limited(reason)
 
     # -- sessions -------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ class Stats:
         self.events_invalid = 0
         self.events_canceled = 0
         self.sessions_created = 0
+        self.responses_compressed = 0
         self.faults_injected: dict[str, int] = {
             "latency": 0,
             "error": 0,
@@ -26,6 +27,7 @@ class Stats:
             "throttled": 0,
             "dropped": 0,
             "outage": 0,
+            "sandbox_limited": 0,
         }
 
     def as_dict(self, events_pending: int) -> dict[str, Any]:
@@ -45,5 +47,6 @@ class Stats:
             "events_canceled": self.events_canceled,
             "events_pending": events_pending,
             "sessions_created": self.sessions_created,
+            "responses_compressed": self.responses_compressed,
             "faults_injected": dict(self.faults_injected),
         }

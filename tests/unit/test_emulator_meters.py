@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -52,15 +53,17 @@ class Emu:
         assert response.status_code == 200, response.text
         return str(response.json()["id"])
 
-    async def send(self, *events: dict[str, Any]) -> None:
+    async def send(self, *events: dict[str, Any], idempotency_key: str | None = None) -> httpx.Response:
         session = await self.client.post("/v2/billing/meter_event_session", headers=self.headers)
         token = session.json()["authentication_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         response = await self.client.post(
-            "/v2/billing/meter_event_stream",
-            content=orjson.dumps({"events": list(events)}),
-            headers={"Authorization": f"Bearer {token}"},
+            "/v2/billing/meter_event_stream", content=orjson.dumps({"events": list(events)}), headers=headers
         )
         assert response.status_code == 200, response.text
+        return response
 
     async def summaries(self, meter_id: str, **params: Any) -> httpx.Response:
         query = {"customer": "cus_A", "start_time": NOW - DAY, "end_time": NOW + DAY, **params}
@@ -78,14 +81,27 @@ class Emu:
         return data
 
 
-@pytest.fixture
-async def emu() -> AsyncIterator[Emu]:
+@contextlib.asynccontextmanager
+async def open_emu(**config: Any) -> AsyncIterator[Emu]:
     clock = ManualClock(NOW)
-    app = create_app(EmulatorConfig(), clock=clock)
+    app = create_app(EmulatorConfig(**config), clock=clock)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://emulator"
     ) as client:
         yield Emu(app, clock, client)
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emu]:
+    async with open_emu() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def decimal_emu() -> AsyncIterator[Emu]:
+    """An account with decimal meter values enabled."""
+    async with open_emu(decimal_values=True) as emulator:
+        yield emulator
 
 
 def stamp(seconds: float) -> str:
@@ -217,7 +233,7 @@ VALIDATION = [
     ("missing customer", {"payload": {"value": "1"}}, "meter_event_no_customer_defined"),
     (
         "unknown customer",
-        {"payload": {"stripe_customer_id": "acct_1", "value": "1"}},
+        {"payload": {"stripe_customer_id": "customer-1", "value": "1"}},
         "meter_event_customer_not_found",
     ),
     ("missing value", {"payload": {"stripe_customer_id": "cus_A"}}, "meter_event_value_not_found"),
@@ -234,8 +250,13 @@ VALIDATION = [
     ("empty value", {"payload": {"stripe_customer_id": "cus_A", "value": ""}}, "meter_event_invalid_value"),
     (
         "16 significant digits",
-        {"payload": {"stripe_customer_id": "cus_A", "value": "1234567890.123456"}},
+        {"payload": {"stripe_customer_id": "cus_A", "value": "1234567890123456"}},
         "meter_event_value_too_many_digits",
+    ),
+    (
+        "decimal value, decimals off",
+        {"payload": {"stripe_customer_id": "cus_A", "value": "12.0"}},
+        "meter_event_invalid_value",
     ),
     ("36 days old", {"timestamp": stamp(NOW - 36 * DAY)}, "timestamp_too_far_in_past"),
     ("6 minutes ahead", {"timestamp": stamp(NOW + 360)}, "timestamp_in_future"),
@@ -247,16 +268,21 @@ async def test_async_validation_reports_each_code(
     emu: Emu, case: str, changes: dict[str, Any], code: str
 ) -> None:
     meter_id = await emu.meter()
-    await emu.send(ev("good", "2"), ev("bad", **changes))
+    sent = await emu.send(ev("good", "2"), ev("bad", **changes), idempotency_key=f"key-{case}")
     assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 2.0)]
     status = emu.app.state.event_status("bad")
     assert status is not None and status.status == "invalid" and status.error_code == code
+    assert status.request_id == sent.headers["request-id"] and status.idempotency_key == f"key-{case}"
     [report] = await emu.thin_events()
     assert report["object"] == "v2.core.event"
     assert report["data"]["reason"]["error_count"] == 1
     [error_type] = report["data"]["reason"]["error_types"]
     assert error_type["code"] == code and error_type["error_count"] == 1
-    assert error_type["sample_errors"][0]["request"] == {"identifier": "bad"}
+    # Stripe's sample names the request that carried the event, not the event.
+    assert error_type["sample_errors"][0]["request"] == {
+        "id": sent.headers["request-id"],
+        "idempotency_key": f"key-{case}",
+    }
     assert error_type["sample_errors"][0]["error_message"]
     if code == "no_meter":
         assert report["type"] == "v1.billing.meter.no_meter_found"
@@ -274,10 +300,10 @@ async def test_async_validation_reports_each_code(
     ("value", "expected"),
     [("-5", -5.0), ("1.5", 1.5), ("0.000000000000001", 1e-15), ("123456789012345", 123456789012345.0)],
 )
-async def test_values_stripe_accepts(emu: Emu, value: str, expected: float) -> None:
-    meter_id = await emu.meter()
-    await emu.send(ev("v", value))
-    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, expected)]
+async def test_values_stripe_accepts(decimal_emu: Emu, value: str, expected: float) -> None:
+    meter_id = await decimal_emu.meter()
+    await decimal_emu.send(ev("v", value))
+    assert await decimal_emu.values(meter_id) == [(NOW - DAY, NOW + DAY, expected)]
 
 
 async def test_timestamp_bounds_are_relative_to_receipt(emu: Emu) -> None:
@@ -400,8 +426,9 @@ async def summary_fixture(emu: Emu, formula: str) -> str:
     ],
 )
 async def test_summaries_per_formula_and_window(
-    emu: Emu, formula: str, total: float, hours: list[float], days: list[float]
+    decimal_emu: Emu, formula: str, total: float, hours: list[float], days: list[float]
 ) -> None:
+    emu = decimal_emu
     meter_id = await summary_fixture(emu, formula)
     start, end = NOW - 2 * DAY, NOW + DAY
     assert await emu.values(meter_id, start_time=start, end_time=end) == [(start, end, total)]
@@ -436,7 +463,8 @@ async def test_summaries_are_per_customer(emu: Emu) -> None:
     assert (await emu.values(meter_id, customer="cus_B"))[0][2] == 9.0
 
 
-async def test_summary_items_have_stripes_shape_and_paginate(emu: Emu) -> None:
+async def test_summary_items_have_stripes_shape_and_paginate(decimal_emu: Emu) -> None:
+    emu = decimal_emu
     meter_id = await summary_fixture(emu, "sum")
     today = NOW - 12 * HOUR
     page = (

@@ -468,6 +468,8 @@ async def test_faults_endpoint_reports_and_validates(emu: Emu) -> None:
         "outage": False,
         "session_ttl": 900.0,
         "rate_limit_rps": 0.0,
+        "compress": False,
+        "should_retry": None,
     }
     bad = await emu.faults(error_rate=3, nonsense=True)
     assert bad.status_code == 400
