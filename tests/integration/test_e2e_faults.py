@@ -48,6 +48,7 @@ from pipeline_harness import (
 )
 
 from connector.emulator import EmulatorProcess
+from connector.settings import topic_env_key
 
 pytestmark = pytest.mark.slow
 
@@ -106,10 +107,12 @@ def test_faults_retries_and_short_tokens_keep_totals_exact(
         retry_after=1,
         drop_rate=0.02,
         seed=1101,
+        decimal_values=True,  # VALUES have fractions: an account with decimals enabled
     )
     meter = create_meter(url)
     start_s = int(time.time())
     env = connector_env(kafka_bootstrap, url, [topic], group_id, CONNECTOR_RETRY_MAX_BACKOFF_MS="2000")
+    env[f"TOPIC_{topic_env_key(topic)}_DECIMAL_VALUES"] = "true"
     customers = [f"cus_faults{i}" for i in range(7)]
     expected: Counter[str] = Counter()
     ends: Ends = {}
@@ -208,6 +211,8 @@ def poison(kind: str, n: int, now_ms: int) -> tuple[bytes | None, str, str]:
         return value, "identifier_too_long", "MappingError"
     if kind == "tombstone":
         return None, "tombstone", "DecodeError"
+    if kind == "not_whole":  # the topic takes whole numbers only (the default)
+        return encode(usage("cus_poison1", 12.5, now_ms)), "value_not_whole", "MappingError"
     raise AssertionError(kind)
 
 
@@ -220,6 +225,7 @@ POISON_KINDS = [
     "future",
     "long_identifier",
     "tombstone",
+    "not_whole",
 ]
 
 
@@ -611,3 +617,114 @@ def test_sigterm_commits_the_done_prefix_second_sigterm_exits_at_once_restart_fi
         assert not failures, f"{len(failures)} unexpected failures logged, e.g. {failures[:3]}" + log_tail(
             run
         )
+
+
+# ------------------------------------------------------------- Stripe-Should-Retry, compression, limits
+
+
+def origin(letter: Any) -> tuple[int, int]:
+    """The (partition, offset) a dead letter came from, by its Connect headers."""
+    partition = letter.header("__connect.errors.partition")
+    offset = letter.header("__connect.errors.offset")
+    return int(partition or -1), int(offset or -1)
+
+
+def test_do_not_retry_answers_and_compressed_answers_keep_totals_exact(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    group_id: str,
+    tmp_path: Path,
+    emulator: Callable[..., str],
+) -> None:
+    """5% of stream answers are 500 + ``Stripe-Should-Retry: false``, every answer is gzipped for a
+    client that accepts it, tokens live 5 seconds: the refused-for-now batches are sent again later,
+    never dead-lettered; the dead-letter topic holds the deliberately malformed records and nothing else."""
+    topic = make_topic(partitions=4)
+    dlq = make_topic(partitions=1, name=f"{topic}.dlq")
+    url = emulator(error_rate=0.05, should_retry="false", compress=True, session_ttl=5, seed=1212)
+    meter = create_meter(url)
+    start_s = int(time.time())
+    now_ms = int(time.time() * 1000)
+    customers = [f"cus_dnr{i}" for i in range(4)]
+    records: list[Outgoing] = []
+    bad: dict[int, str] = {}
+    expected: Counter[str] = Counter()
+    for n in range(6000):
+        if n % 500 == 7:
+            kind = ("not_whole", "nan", "garbage")[(n // 500) % 3]
+            value, code, _cls = poison(kind, n, now_ms)
+            bad[n] = code
+            records.append(Outgoing(f"k{n}".encode(), value))
+            continue
+        customer = customers[n % len(customers)]
+        records.append(Outgoing(f"k{n}".encode(), encode(usage(customer, n % 9 + 1, now_ms))))
+        expected[customer] += n % 9 + 1
+    sent, ends = produce_tracked(kafka_bootstrap, topic, records, 4)
+    env = connector_env(kafka_bootstrap, url, [topic], group_id, CONNECTOR_RETRY_INITIAL_BACKOFF_MS="50")
+    with ConnectorProcess(env, tmp_path) as connector:
+        wait_until(
+            lambda: committed(kafka_bootstrap, group_id, ends) == ends,
+            timeout=120,
+            interval=0.5,
+            message=f"committed == end offsets {ends}" + log_tail(connector),
+        )
+        status = connector.stop(60)
+        assert status == 0, f"exit status {status}" + log_tail(connector)
+        got = totals(url, meter, customers, start_s)
+        assert got == {c: float(v) for c, v in expected.items()}, f"totals {got}" + log_tail(connector)
+        stats = emulator_stats(url)
+        assert stats["faults_injected"]["error"] > 10, stats  # the refusals really happened
+        assert stats["sessions_created"] >= 2, stats  # 5-second tokens were renewed
+        assert stats["events_invalid"] == 0, stats
+        letters = read_topic(kafka_bootstrap, dlq, 1, expected=len(bad), timeout=30)
+        lettered = {
+            origin(x): x.header("kafka_stripe.error.code")
+            for x in letters
+        }
+        assert len(letters) == len(bad), f"{len(letters)} dead letters for {len(bad)} malformed records"
+        assert lettered == {(sent[n].partition, sent[n].offset): code for n, code in bad.items()}
+        print(f"do-not-retry: {stats['faults_injected']['error']} answers 500 + Stripe-Should-Retry: false")
+        assert not unexpected_failures(connector), log_tail(connector)
+
+
+def test_the_test_mode_rate_limit_meets_the_sandbox_limit_with_few_429s(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    group_id: str,
+    tmp_path: Path,
+    emulator: Callable[..., str],
+) -> None:
+    """Against Stripe's sandbox limit (25 requests/s across the account) a test-mode key's default
+    (25 requests/s) delivers every record exactly once, meeting few 429s on the way."""
+    topic = make_topic(partitions=2)
+    make_topic(partitions=1, name=f"{topic}.dlq")
+    url = emulator(sandbox_limits=True, seed=1313)
+    meter = create_meter(url)
+    start_s = int(time.time())
+    now_ms = int(time.time() * 1000)
+    customers = [f"cus_sandbox{i}" for i in range(3)]
+    records = [Outgoing(None, encode(usage(customers[n % 3], n % 5 + 1, now_ms))) for n in range(8000)]
+    expected: Counter[str] = Counter()
+    for n in range(8000):
+        expected[customers[n % 3]] += n % 5 + 1
+    _sent, ends = produce_tracked(kafka_bootstrap, topic, records, 2)
+    env = connector_env(kafka_bootstrap, url, [topic], group_id)
+    del env["CONNECTOR_RATE_LIMIT_RPS"]  # the default of a test-mode key
+    with ConnectorProcess(env, tmp_path) as connector:
+        wait_until(
+            lambda: committed(kafka_bootstrap, group_id, ends) == ends,
+            timeout=120,
+            interval=0.5,
+            message=f"committed == end offsets {ends}" + log_tail(connector),
+        )
+        status = connector.stop(60)
+        assert status == 0, f"exit status {status}" + log_tail(connector)
+        assert "rate limit 25 requests/s to Stripe (test-mode key" in connector.log()
+        got = totals(url, meter, customers, start_s)
+        assert got == {c: float(v) for c, v in expected.items()}, f"totals {got}" + log_tail(connector)
+        stats = emulator_stats(url)
+        by_status = {int(k): v for k, v in stats["stream_requests_by_status"].items()}
+        ok, limited = by_status.get(200, 0), by_status.get(429, 0)
+        print(f"sandbox limits: {ok} stream requests accepted, {limited} answered 429")
+        assert ok >= 80, by_status  # 8,000 events need at least 80 requests of 100
+        assert limited <= max(3, ok // 20), f"too many 429s for a paced client: {by_status}"
