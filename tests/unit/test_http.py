@@ -165,3 +165,24 @@ async def test_httpx_client_over_asgi_sends_identity() -> None:
     await http.post("http://x/v2/billing/meter_event_stream", b"{}", {"Content-Type": "application/json"})
     await http.aclose()
     assert seen == ["identity"]
+
+
+async def test_a_compressed_session_expiry_is_read_as_one() -> None:
+    # A proxy that gzips whatever it is asked: the 401 must still say "session expired", not be
+    # taken for a refused token (which would stop the pipeline after one renewal).
+    from connector.http import Action, classify
+
+    expired = {
+        "error": {
+            "type": "temporary_session_expired",
+            "code": "billing_meter_event_session_expired",
+            "message": "The session has expired.",
+        }
+    }
+    raw = RawServer(orjson.dumps(expired), status=401)
+    url = await raw.start()
+    for http in (AiohttpClient(), HttpxClient()):
+        answer = await http.post(url + "/v2/billing/meter_event_stream", b"{}", {"Authorization": "Bearer t"})
+        await http.aclose()
+        assert classify(answer, now=0.0).action is Action.RENEW_SESSION
+    await raw.stop()
