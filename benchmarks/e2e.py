@@ -88,6 +88,7 @@ from pipeline_harness import API_KEY, connector_env, create_meter, encode, produ
 
 from connector.embedded import EmbeddedBroker, die_with_parent  # noqa: E402
 from connector.emulator import EmulatorProcess  # noqa: E402
+from connector.settings import topic_env_key  # noqa: E402
 
 CEILING, DOCS, ONE, WORKERS = "ceiling", "docs", "kafka-stripe", "workers"
 CONTENDERS = (CEILING, DOCS, ONE, WORKERS)
@@ -244,6 +245,8 @@ def contender_env(
     name: str, bootstrap: str, url: str, topic: str, group: str, workers: int
 ) -> dict[str, str]:
     env = connector_env(bootstrap, url, [topic], group)
+    # The records carry fractions: the emulated account has decimal values enabled, and the topic says so.
+    env[f"TOPIC_{topic_env_key(topic)}_DECIMAL_VALUES"] = "true"
     # The harness shortens these for fast tests; the benchmark measures the defaults.
     env.pop("CONNECTOR_COMMIT_INTERVAL_MS", None)
     env.pop("CONNECTOR_LINGER_MS", None)
@@ -1122,7 +1125,7 @@ def main(argv: list[str]) -> int:
         print(f"pre-loaded {args.records:,} records in {time.monotonic() - t:.1f} s", flush=True)
 
         for latency in args.latencies:
-            with EmulatorProcess(latency_ms=latency) as emulator:
+            with EmulatorProcess(latency_ms=latency, decimal_values=True) as emulator:
                 for name in args.contenders:
                     target = docs_cap if name == DOCS else args.records
                     row = run_backlog(
@@ -1161,7 +1164,7 @@ def main(argv: list[str]) -> int:
         if args.profile:
             out = log_dir / "py-spy.txt"
             latency = args.profile_latency_ms
-            with EmulatorProcess(latency_ms=latency) as emulator:
+            with EmulatorProcess(latency_ms=latency, decimal_values=True) as emulator:
                 row = run_backlog(
                     ONE,
                     f"profile, {latency:g} ms",

@@ -41,7 +41,7 @@ from connector.emulator import EmulatorProcess  # noqa: E402
 from connector.pipeline import Pipeline, tune_interpreter  # noqa: E402
 from connector.records import MeterEvent  # noqa: E402
 from connector.sender import BatchResult, MeterEventSender, SenderStats  # noqa: E402
-from connector.settings import load_settings  # noqa: E402
+from connector.settings import load_settings, topic_env_key  # noqa: E402
 
 TOPIC = "usage"
 PARTITIONS = 8
@@ -164,6 +164,7 @@ def run_once(messages: list[Any], url: str | None) -> dict[str, float]:
     env = connector_env("127.0.0.1:1", url or "http://127.0.0.1:1", [TOPIC], "bench-pipeline")
     env.pop("CONNECTOR_COMMIT_INTERVAL_MS", None)  # the defaults, as in the end-to-end benchmark
     env.pop("CONNECTOR_LINGER_MS", None)
+    env[f"TOPIC_{topic_env_key(TOPIC)}_DECIMAL_VALUES"] = "true"  # the records carry fractions
     settings = load_settings(env)
     consumer = StandInConsumer(messages)
 
@@ -202,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     messages = build_messages(args.records)
     tune_interpreter()
-    emulator = EmulatorProcess(latency_ms=args.latency_ms) if args.latency_ms >= 0 else None
+    emulator = None
+    if args.latency_ms >= 0:
+        emulator = EmulatorProcess(latency_ms=args.latency_ms, decimal_values=True)
     url = emulator.start() if emulator is not None else None
     where = f"emulator {args.latency_ms} ms away" if url else "instant stand-in sender"
     print(f"pipeline benchmark: {args.records:,} records, {where}, {os.cpu_count()} cores")
