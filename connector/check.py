@@ -425,7 +425,7 @@ async def _probe_stream(settings: Settings) -> _StreamProbe:
 
 def _stream_answer(answer: HttpResponse | TransportError) -> tuple[str, bool]:
     """What the meter-events host's answer to an empty request says, and whether that fails the check."""
-    from connector.http import Action, classify
+    from connector.http import Action, TransportError, classify
 
     if isinstance(answer, TransportError):
         return f"did not answer an empty stream request ({answer}): check STRIPE_METER_EVENTS_BASE", True
