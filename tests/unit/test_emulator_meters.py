@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -655,3 +656,197 @@ async def test_cancel_reaches_back_24_hours_only(emu: Emu) -> None:
     assert await emu.values(meter_id, start_time=NOW - DAY, end_time=NOW + 2 * DAY) == [
         (NOW - DAY, NOW + 2 * DAY, 1.0)
     ]
+
+
+# -- decimal values: an account setting ---------------------------------------------------------
+
+
+async def test_decimal_values_are_invalid_unless_the_account_has_them(emu: Emu) -> None:
+    meter_id = await emu.meter()
+    await emu.send(ev("whole", "3"), ev("half", "1.5"), ev("point-zero", "12.0"), ev("negative", "-2.25"))
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 3.0)]
+    for identifier in ("half", "point-zero", "negative"):
+        status = emu.app.state.event_status(identifier)
+        assert status is not None and status.error_code == "meter_event_invalid_value", identifier
+        assert status.error_message is not None and "whole-number values only" in status.error_message
+    [report] = await emu.thin_events()
+    [error_type] = report["data"]["reason"]["error_types"]
+    assert error_type["code"] == "meter_event_invalid_value" and error_type["error_count"] == 3
+    stats = (await emu.client.get("/_emulator/stats")).json()
+    assert stats["events_valid"] == 1 and stats["events_invalid"] == 3
+
+
+async def test_decimal_values_when_enabled_keep_the_digit_limit(decimal_emu: Emu) -> None:
+    meter_id = await decimal_emu.meter()
+    await decimal_emu.send(ev("a", "1.5"), ev("b", "12.0"), ev("c", "1234567890.123456"))
+    assert await decimal_emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 13.5)]
+    status = decimal_emu.app.state.event_status("c")
+    assert status is not None and status.error_code == "meter_event_value_too_many_digits"
+
+
+async def test_v1_meter_events_follow_the_decimal_setting(emu: Emu) -> None:
+    meter_id = await emu.meter()
+    response = await emu.form(
+        "/v1/billing/meter_events",
+        {"event_name": "api_requests", "payload[stripe_customer_id]": "cus_A", "payload[value]": "2.5"},
+    )
+    assert response.status_code == 200  # validated asynchronously, as on the stream
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 0.0)]
+    status = emu.app.state.event_status(response.json()["identifier"])
+    assert status is not None and status.error_code == "meter_event_invalid_value"
+
+
+# -- pre-aggregated meters (event_time_window) ----------------------------------------------------
+
+
+async def test_meter_event_time_window_is_shown_and_checked(emu: Emu) -> None:
+    hourly = await emu.meter("hourly", event_time_window="hour")
+    assert (await emu.get(f"/v1/billing/meters/{hourly}")).json()["event_time_window"] == "hour"
+    daily = await emu.meter("daily", event_time_window="day")
+    assert (await emu.get(f"/v1/billing/meters/{daily}")).json()["event_time_window"] == "day"
+    response = await emu.form(
+        "/v1/billing/meters",
+        {
+            "display_name": "weekly",
+            "event_name": "weekly",
+            "default_aggregation[formula]": "sum",
+            "event_time_window": "week",
+        },
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "event_time_window"
+
+
+async def test_pre_aggregated_sum_counts_the_latest_received_event_per_window(emu: Emu) -> None:
+    meter_id = await emu.meter(event_time_window="hour")
+    ten = NOW - 2 * HOUR  # 10:00
+    # Receipt order decides, not the timestamps: the last one received is the earliest in the hour.
+    await emu.send(ev("a", "5", ten + 600), ev("b", "7", ten + 1200))
+    await emu.send(ev("c", "3", ten + 60))
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 3.0)]
+    await emu.send(ev("d", "4", ten + HOUR + 5))  # 11:00, another window
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 7.0)]
+    hourly = await emu.values(
+        meter_id, start_time=NOW - 12 * HOUR, end_time=NOW + 12 * HOUR, value_grouping_window="hour"
+    )
+    assert hourly == [(ten + HOUR, ten + 2 * HOUR, 4.0), (ten, ten + HOUR, 3.0)]
+    # The superseded events were valid: they are not reported, they just stop counting.
+    assert await emu.thin_events() == []
+    stats = (await emu.client.get("/_emulator/stats")).json()
+    assert stats["events_valid"] == 4
+
+
+async def test_the_same_events_without_a_window_add_up(emu: Emu) -> None:
+    meter_id = await emu.meter()
+    ten = NOW - 2 * HOUR
+    await emu.send(ev("a", "5", ten + 600), ev("b", "7", ten + 1200), ev("c", "3", ten + 60))
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 15.0)]
+
+
+async def test_pre_aggregated_windows_are_per_customer_and_utc_day(emu: Emu) -> None:
+    meter_id = await emu.meter(event_time_window="day")
+    other = ev("b1", "100", NOW - HOUR)
+    other["payload"]["stripe_customer_id"] = "cus_B"
+    midnight = NOW - 12 * HOUR
+    await emu.send(ev("a1", "5", midnight + 60), other, ev("a2", "8", NOW - 60), ev("y1", "9", midnight - 60))
+    daily = await emu.values(
+        meter_id, start_time=midnight - DAY, end_time=midnight + DAY, value_grouping_window="day"
+    )
+    assert daily == [(midnight, midnight + DAY, 8.0), (midnight - DAY, midnight, 9.0)]
+    assert (await emu.values(meter_id, customer="cus_B"))[0][2] == 100.0
+
+
+@pytest.mark.parametrize(("formula", "expected"), [("count", 2.0), ("last", 6.0)])
+async def test_pre_aggregated_count_and_last(emu: Emu, formula: str, expected: float) -> None:
+    meter_id = await emu.meter(formula=formula, event_time_window="hour")
+    ten = NOW - 2 * HOUR
+    # Hour 10: 2 then 6 (6 counts); hour 9: 4. ``last`` takes the surviving event latest in time.
+    await emu.send(ev("a", "2", ten + 1800), ev("b", "6", ten + 60), ev("c", "4", ten - 60))
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, expected)]
+
+
+async def test_duplicates_and_invalid_events_do_not_supersede(emu: Emu) -> None:
+    meter_id = await emu.meter(event_time_window="hour")
+    ten = NOW - 2 * HOUR
+    await emu.send(ev("a", "5", ten + 60))
+    await emu.send(ev("a", "50", ten + 120), ev("bad", "x", ten + 180))
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 5.0)]
+
+
+async def cancel(emu: Emu, identifier: str) -> None:
+    response = await emu.form(
+        "/v1/billing/meter_event_adjustments",
+        {"event_name": "api_requests", "type": "cancel", "cancel[identifier]": identifier},
+    )
+    assert response.status_code == 200, response.text
+
+
+async def test_canceling_the_latest_event_of_a_window_falls_back_to_the_one_before(emu: Emu) -> None:
+    meter_id = await emu.meter(event_time_window="hour")
+    ten = NOW - 2 * HOUR
+    await emu.send(ev("a", "5", ten + 60), ev("b", "7", ten + 120), ev("c", "3", ten + 180))
+    await cancel(emu, "b")  # superseded already: nothing changes
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 3.0)]
+    await cancel(emu, "c")  # the latest: the latest remaining one (a) counts again
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 5.0)]
+    await cancel(emu, "a")
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 0.0)]
+    await emu.send(ev("d", "9", ten + 240))
+    assert await emu.values(meter_id) == [(NOW - DAY, NOW + DAY, 9.0)]
+
+
+# -- error reports name the request ---------------------------------------------------------------
+
+
+async def test_error_report_samples_name_each_request(emu: Emu) -> None:
+    await emu.meter()
+    session = await emu.client.post("/v2/billing/meter_event_session", headers=emu.headers)
+    token = session.json()["authentication_token"]
+
+    async def stream(*events: dict[str, Any], **headers: str) -> httpx.Response:
+        return await emu.client.post(
+            "/v2/billing/meter_event_stream",
+            content=orjson.dumps({"events": list(events)}),
+            headers={"Authorization": f"Bearer {token}", **headers},
+        )
+
+    first = await stream(ev("bad-1", "x"), ev("bad-2", "y"), **{"Idempotency-Key": "idem-first"})
+    second = await stream(ev("bad-3", "z"))  # no Idempotency-Key: the emulator makes one up
+    [report] = await emu.thin_events()  # one validation pass: one report for both requests
+    assert set(report["data"]) == {
+        "developer_message_summary",
+        "reason",
+        "validation_start",
+        "validation_end",
+    }
+    [error_type] = report["data"]["reason"]["error_types"]
+    requests = [sample["request"] for sample in error_type["sample_errors"]]
+    status = emu.app.state.event_status("bad-3")
+    assert status is not None and status.idempotency_key is not None
+    assert requests == [
+        {"id": first.headers["request-id"], "idempotency_key": "idem-first"},
+        {"id": first.headers["request-id"], "idempotency_key": "idem-first"},
+        {"id": second.headers["request-id"], "idempotency_key": status.idempotency_key},
+    ]
+    assert re.fullmatch(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", status.idempotency_key
+    )
+    assert first.headers["request-id"] != second.headers["request-id"]
+
+
+async def test_v1_meter_event_errors_name_the_v1_request(emu: Emu) -> None:
+    response = await emu.client.post(
+        "/v1/billing/meter_events",
+        data={"event_name": "nobody_listens", "payload[stripe_customer_id]": "cus_A", "payload[value]": "1"},
+        headers={**emu.headers, "Idempotency-Key": "v1-key"},
+    )
+    assert response.status_code == 200
+    [report] = await emu.thin_events()
+    assert report["type"] == "v1.billing.meter.no_meter_found"
+    [error_type] = report["data"]["reason"]["error_types"]
+    assert error_type["code"] == "no_meter"
+    assert error_type["sample_errors"][0]["request"] == {
+        "id": response.headers["request-id"],
+        "idempotency_key": "v1-key",
+    }
