@@ -176,12 +176,19 @@ def test_run_hands_the_settings_to_the_pipeline(
     pipeline = types.ModuleType("connector.pipeline")
     pipeline.run = lambda settings: received.append(settings) or 0  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "connector.pipeline", pipeline)
+    # Nothing answers on port 1: run's meter preflight warns and starts anyway.
+    config |= {"STRIPE_API_BASE": "http://127.0.0.1:1"}
     environ.use(config)
     assert run_command.run(argparse.Namespace()) == 0
     assert received == [load_settings(config)]
     captured = capsys.readouterr()
-    assert f"sk_live_{MASK}" in captured.err and '"usage"' in captured.err
-    assert len(captured.err.splitlines()) == 1, "the effective configuration is one log line"
+    first, limit, warning = captured.err.splitlines()
+    assert f"sk_live_{MASK}" in first and '"usage"' in first, "the effective configuration is one log line"
+    assert limit == (
+        "kafka-stripe run: rate limit 10000 requests/s to Stripe "
+        "(live-mode key: Stripe's stream limit of 10,000 requests/s)"
+    )
+    assert warning.startswith("kafka-stripe run: warning: could not read the meters to check them")
     for secret in SECRETS:
         assert secret not in captured.out + captured.err
 

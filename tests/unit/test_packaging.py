@@ -22,7 +22,7 @@ import time
 import tomllib
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -36,7 +36,7 @@ from connector.emulator import EmulatorProcess
 from connector.emulator.catalog import CUSTOMER_ID
 from connector.mapper import Mapper
 from connector.records import KafkaRecord
-from connector.settings import DEFAULT_SCHEMA, Settings, TelemetrySettings, TopicSettings, load_settings
+from connector.settings import DEFAULT_SCHEMA, Settings, TelemetrySettings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -855,7 +855,9 @@ def test_sample_producer_records_map_to_valid_meter_events() -> None:
     customers = set(sample_producer.customer_ids(options.customers))
     assert len(customers) == options.customers
     assert all(CUSTOMER_ID.match(c) for c in customers), "Stripe-shaped ids: cus_ + letters and digits"
-    mapper = Mapper(TopicSettings(name="usage", event_name="api_requests"))
+    # Mapped as the compose stack's connector maps them (its topic allows decimal values).
+    settings = connector_settings(service_env(compose_services()["connector"])).topic("usage")
+    mapper = Mapper(replace(settings, schema_path=DEFAULT_SCHEMA))
     now_ms = int(time.time() * 1000)
     kinds = set()
     for offset, (topic, key, value) in enumerate(producer.messages):

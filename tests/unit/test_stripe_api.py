@@ -60,7 +60,8 @@ class SyncASGITransport(httpx.BaseTransport):
 
 @pytest.fixture
 def transport() -> Iterator[SyncASGITransport]:
-    app = create_app(EmulatorConfig(api_key=KEY), clock=ManualClock(NOW))
+    # Summaries with fractions: an account with decimal values enabled.
+    app = create_app(EmulatorConfig(api_key=KEY, decimal_values=True), clock=ManualClock(NOW))
     bridge = SyncASGITransport(app)
     yield bridge
     bridge.shutdown()
@@ -311,3 +312,21 @@ def test_a_non_json_error_body_is_quoted_briefly() -> None:
         client.list_meters()
     text = str(caught.value)
     assert "502 without an error object" in text and len(text) < 400
+
+
+def test_a_meters_event_time_window_is_read(client: StripeClient) -> None:
+    plain = client.create_meter("plain_events")
+    assert plain.event_time_window is None
+    windowed = client.post(
+        "/v1/billing/meters",
+        {
+            "display_name": "hourly",
+            "event_name": "hourly_events",
+            "default_aggregation": {"formula": "sum"},
+            "event_time_window": "hour",
+        },
+    )
+    assert windowed["event_time_window"] == "hour"
+    by_name = {m.event_name: m for m in client.list_meters()}
+    assert by_name["hourly_events"].event_time_window == "hour"
+    assert by_name["plain_events"].event_time_window is None
