@@ -1,4 +1,4 @@
-"""In-process tests of prices, plans, products and customers, and of the API's general error shapes."""
+"""In-process tests of prices, plans, products, customers, Accounts v2 and the API's error shapes."""
 
 from __future__ import annotations
 
@@ -269,6 +269,130 @@ async def test_customers_registry_in_strict_mode() -> None:
             {"customer": "cus_Unknown1", "start_time": NOW - 60, "end_time": NOW + 60},
         )
         assert summary.status_code == 400 and summary.json()["error"]["code"] == "resource_missing"
+
+
+async def test_retrieve_unknown_customer_is_stripes_404(emu: Emu) -> None:
+    response = await emu.get("/v1/customers/cus_Missing1")
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["message"] == "No such customer: 'cus_Missing1'"
+    assert error["code"] == "resource_missing" and error["param"] == "id"
+
+
+async def stream_customers(emulator: Emu, client: httpx.AsyncClient, *customers: str) -> None:
+    """One stream request with one event per customer, identified by the customer id."""
+    session = await emulator.ok("/v2/billing/meter_event_session")
+    events = [
+        {"event_name": "api_requests", "identifier": c, "payload": {"stripe_customer_id": c, "value": "2"}}
+        for c in customers
+    ]
+    response = await client.post(
+        "/v2/billing/meter_event_stream",
+        content=orjson.dumps({"events": events}),
+        headers={"Authorization": f"Bearer {session['authentication_token']}"},
+    )
+    assert response.status_code == 200
+
+
+def error_code(emulator: Emu, identifier: str) -> str | None:
+    status = emulator.app.state.event_status(identifier)
+    assert status is not None
+    return status.error_code
+
+
+async def test_customer_ids_and_account_ids_are_both_customers(emu: Emu) -> None:
+    await emu.meter()
+    await stream_customers(
+        emu, emu.client, "cus_Any1", "acct_1Nv0FGQ9RKHgCVdK", "acct-1", "account_1", "cus_"
+    )
+    assert error_code(emu, "cus_Any1") is None
+    assert error_code(emu, "acct_1Nv0FGQ9RKHgCVdK") is None
+    for shapeless in ("acct-1", "account_1", "cus_"):
+        assert error_code(emu, shapeless) == "meter_event_customer_not_found"
+
+
+async def create_account(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
+    return await client.post("/v2/core/accounts", json=body, headers={"Authorization": f"Bearer {KEY}"})
+
+
+async def test_known_customers_include_accounts_configured_as_customers() -> None:
+    emulator, client = await open_emulator(require_known_customers=True)
+    async with client:
+        meter_id = await emulator.meter()
+        customer = (await create_account(client, {"configuration": {"customer": {}}})).json()
+        merchant = (await create_account(client, {"configuration": {"merchant": {}}})).json()
+        await stream_customers(emulator, client, customer["id"], merchant["id"], "acct_Unknown1")
+        assert error_code(emulator, customer["id"]) is None
+        assert error_code(emulator, merchant["id"]) == "meter_event_customer_not_found"
+        assert error_code(emulator, "acct_Unknown1") == "meter_event_customer_not_found"
+        summary = await emulator.get(
+            f"/v1/billing/meters/{meter_id}/event_summaries",
+            {"customer": customer["id"], "start_time": NOW - 60, "end_time": NOW + 60},
+        )
+        assert summary.json()["data"][0]["aggregated_value"] == 2.0
+
+
+async def test_account_object_shape_and_include(emu: Emu) -> None:
+    response = await create_account(
+        emu.client,
+        {
+            "display_name": "Jenny Rosen",
+            "contact_email": "jenny@example.com",
+            "identity": {"country": "us"},
+            "configuration": {"customer": {"capabilities": {"automatic_indirect_tax": {"requested": True}}}},
+            "metadata": {"crm": "42"},
+        },
+    )
+    assert response.status_code == 200, response.text
+    account = response.json()
+    assert account["id"].startswith("acct_") and account["object"] == "v2.core.account"
+    assert account["created"] == "2024-06-01T12:00:00.000Z" and account["livemode"] is False
+    assert account["applied_configurations"] == ["customer"] and account["closed"] is False
+    assert account["display_name"] == "Jenny Rosen" and account["contact_email"] == "jenny@example.com"
+    assert account["metadata"] == {"crm": "42"}
+    # Include-dependent values are null unless asked for.
+    assert account["configuration"] is None and account["identity"] is None
+    included = await emu.get(
+        f"/v2/core/accounts/{account['id']}",
+        {"include[0]": "configuration.customer", "include[1]": "identity"},
+    )
+    body = included.json()
+    assert body["configuration"] == {
+        "customer": {"capabilities": {"automatic_indirect_tax": {"requested": True}}},
+        "merchant": None,
+        "recipient": None,
+    }
+    assert body["identity"] == {"country": "us"}
+    plain = (await emu.get(f"/v2/core/accounts/{account['id']}")).json()
+    assert plain == account
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"colour": "red"}, "parameter_unknown"),
+        ({"configuration": {"buyer": {}}}, "parameter_unknown"),
+        ({"configuration": {"customer": "yes"}}, "parameter_invalid"),
+        ({"configuration": []}, "parameter_invalid"),
+        ({"include": ["everything"]}, "parameter_invalid"),
+        ({"dashboard": "fancy"}, "parameter_invalid"),
+        ({"display_name": 5}, "parameter_invalid"),
+        ({"metadata": {"n": 1}}, "parameter_invalid"),
+    ],
+)
+async def test_account_create_errors(emu: Emu, body: dict[str, Any], code: str) -> None:
+    response = await create_account(emu.client, body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert set(error) == {"type", "code", "message", "doc_url"} and error["code"] == code
+
+
+async def test_unknown_account_is_a_v2_404(emu: Emu) -> None:
+    response = await emu.get("/v2/core/accounts/acct_Missing1")
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "resource_missing" and "acct_Missing1" in error["message"]
+    assert set(error) == {"type", "code", "message", "doc_url"}
 
 
 # -- error shapes and routing -------------------------------------------------------------------
