@@ -620,6 +620,7 @@ class Demo:
             require_known_customers=True,  # events for customers Stripe does not know would not bill
             decimal_values=True,  # an account with decimals enabled: the demo's values have fractions
             sandbox_limits=True,  # Stripe's test-mode limit (25 requests/s), which the connector follows
+            compress=True,  # gzip for the clients that accept it (the demo's own httpx client does)
         )
         # The emulator shares our process group, so a Ctrl-C in the terminal would reach it too and,
         # during its startup, print a KeyboardInterrupt traceback; the mask is inherited, so it never

@@ -23,6 +23,7 @@ from pipeline_harness import (
     committed,
     connector_env,
     create_meter,
+    emulator_stats,
     encode,
     stripe,
     usage,
@@ -46,7 +47,9 @@ MS = 1000
 def stripe_url() -> Iterator[str]:
     from connector.emulator import EmulatorProcess
 
-    with EmulatorProcess() as emulator:
+    # Compressing like a Stripe that gzips for clients accepting it: reconcile's v1 client must decode.
+    # The records carry fractions: an account with decimal values enabled.
+    with EmulatorProcess(compress=True, decimal_values=True) as emulator:
         yield emulator.url
 
 
@@ -162,6 +165,7 @@ def test_a_clean_run_reconciles_and_cancellations_show_exactly(
         [topic],
         group_id,
         **{f"TOPIC_{topic_env_key(topic)}_EVENT_NAME": event_name},
+        **{f"TOPIC_{topic_env_key(topic)}_DECIMAL_VALUES": "true"},
     )
     with ConnectorProcess(env, tmp_path) as connector:
         wait_until(
@@ -211,6 +215,8 @@ def test_a_clean_run_reconciles_and_cancellations_show_exactly(
     want = {(c, iso(w).replace("Z", ":00Z")): str(v.normalize()) for (c, w), v in expected.items()}
     got = {key: kafka for key, (kafka, stripe_value, _) in rows(document).items() if kafka == stripe_value}
     assert {k: Decimal(v) for k, v in got.items()} == {k: Decimal(v) for k, v in want.items()}
+    # httpx, reconcile's client, accepts gzip: with compression on, its reads arrived gzipped.
+    assert emulator_stats(stripe_url)["responses_compressed"] > 0
 
     # Cancel two of cus_A's events in the second hour at Stripe: exactly that window differs, by their sum.
     second = start + HOUR
@@ -308,7 +314,7 @@ def test_count_and_last_formulas(
         KafkaRecord(topic, p, next(positions[p]), None, encode(usage("cus_L", v, (start + s) * MS)), None)
         for p, v, s in plan
     ]
-    deliver(stripe_url, TopicSettings(name=topic, event_name=event_name), records)
+    deliver(stripe_url, TopicSettings(name=topic, event_name=event_name, decimal_values=True), records)
 
     env = connector_env(
         kafka_bootstrap,
@@ -316,6 +322,7 @@ def test_count_and_last_formulas(
         [topic],
         group_id,
         **{f"TOPIC_{topic_env_key(topic)}_EVENT_NAME": event_name},
+        **{f"TOPIC_{topic_env_key(topic)}_DECIMAL_VALUES": "true"},
     )
     status, document, _ = reconcile_in_process(
         env,

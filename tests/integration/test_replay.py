@@ -45,7 +45,9 @@ DAY_MS = 86_400_000
 
 @pytest.fixture
 def stripe_url() -> Iterator[str]:
-    with EmulatorProcess() as emulator:
+    # dlq replay sends with the connector's sender, which asks for uncompressed answers: it must work
+    # against a Stripe that compresses for clients accepting it.
+    with EmulatorProcess(compress=True) as emulator:
         yield emulator.url
 
 
