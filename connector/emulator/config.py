@@ -21,8 +21,9 @@ class EmulatorConfig:
     outage: bool = False
     # When set, only this secret key is accepted; otherwise any sk_/rk_ test or live key is.
     api_key: str | None = None
-    # When true, a customer id is known only once created with POST /v1/customers; otherwise any
-    # id shaped like ``cus_<letters and digits>`` is.
+    # When true, a customer id is known only once created with POST /v1/customers (``cus_…``) or
+    # POST /v2/core/accounts with a customer configuration (``acct_…``); otherwise any id shaped
+    # like ``cus_<letters and digits>`` or ``acct_<letters and digits>`` is.
     require_known_customers: bool = False
     # Seed for the fault-injection random draws, for reproducible fault sequences.
     seed: int | None = None

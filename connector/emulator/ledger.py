@@ -45,6 +45,11 @@ STATUS_NAMES = ("pending", "valid", "invalid", "duplicate", "canceled")
 # requests; usage is aggregated per meter, customer and minute. Summaries only ask for whole
 # minutes, so per-minute buckets answer them exactly; only ``last`` meters keep per-event values,
 # so that a cancel can reveal the previous latest value.
+#
+# Pre-aggregated meters (``event_time_window`` hour or day) count only the latest received valid
+# event per customer and window: the buckets hold just that event, and each window keeps the list of
+# its valid events in receipt order (kept as long as the emulator runs; such meters get one event
+# per window and customer, or a few), so that canceling the latest lets the one before count again.
 
 _VALUE = re.compile(r"-?\d+(?:\.\d+)?\Z")
 _loads = orjson.loads

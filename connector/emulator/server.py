@@ -76,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--require-known-customers",
         action="store_true",
-        help="meter events resolve only customers created with POST /v1/customers",
+        help="meter events resolve only customers created with POST /v1/customers and accounts "
+        "created with POST /v2/core/accounts with a customer configuration",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for fault-injection draws")
     parser.add_argument(
