@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+from typing import Any
 
 import pytest
 
@@ -11,6 +13,7 @@ from connector.emulator.errors import ApiError, mask_secret
 from connector.emulator.faults import Faults, TokenBucket
 from connector.emulator.forms import FormError, as_list, decode
 from connector.emulator.params import Params, paginate
+from connector.emulator.server import EmulatorProcess, add_arguments, config_from_args
 from connector.emulator.timestamps import format_rfc3339, is_rfc3339, parse_rfc3339
 
 # The grammar of RFC 3339 section 5.6 (upper-case T and Z), as a reference for the hand-made check.
@@ -173,3 +176,38 @@ def test_token_bucket_refills_with_the_clock() -> None:
     assert bucket.take() is False
     now[0] += 10
     assert [bucket.take() for _ in range(3)] == [True, True, False]
+
+
+def test_emulator_process_renders_the_account_and_wire_settings() -> None:
+    def flags(**options: Any) -> list[str]:
+        return EmulatorProcess(**options).command()[8:]  # after python -m connector emulator --host/--port
+
+    assert flags() == []
+    assert flags(compress=True, decimal_values=True, sandbox_limits=True) == [
+        "--compress",
+        "--decimal-values",
+        "--sandbox-limits",
+    ]
+    assert flags(should_retry=False) == ["--should-retry", "false"]
+    assert flags(should_retry=True, seed=3) == ["--seed", "3", "--should-retry", "true"]
+
+
+def test_cli_settings_reach_the_config() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    default = config_from_args(parser.parse_args([]))
+    assert (default.compress, default.should_retry, default.decimal_values, default.sandbox_limits) == (
+        False,
+        None,
+        False,
+        False,
+    )
+    args = ["--compress", "--should-retry", "false", "--decimal-values", "--sandbox-limits"]
+    config = config_from_args(parser.parse_args(args))
+    assert (config.compress, config.should_retry, config.decimal_values, config.sandbox_limits) == (
+        True,
+        False,
+        True,
+        True,
+    )
+    assert config_from_args(parser.parse_args(["--should-retry", "true"])).should_retry is True
