@@ -24,7 +24,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && /opt/kafka-stripe/bin/pip install /dist/*.whl
 # Fail the build, not the first start, if the installed layout is wrong: the default schema must be
 # the copy shipped inside the wheel (connector/schemas/, package data), and the console script must run.
-RUN /opt/kafka-stripe/bin/python -c "from connector.settings import DEFAULT_SCHEMA as s; assert s.is_file() and 'site-packages' in s.parts, s; print('default schema:', s)" \
+RUN /opt/kafka-stripe/bin/python -c "from connector.config.settings import DEFAULT_SCHEMA as s; assert s.is_file() and 'site-packages' in s.parts, s; print('default schema:', s)" \
  && /opt/kafka-stripe/bin/kafka-stripe --version
 
 FROM ${PYTHON_IMAGE}

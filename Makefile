@@ -29,7 +29,7 @@ demo: install
 	$(BIN)/kafka-stripe demo
 
 bench: install
-	$(BIN)/python benchmarks/emulator.py
+	$(BIN)/python -m benchmarks.emulator
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

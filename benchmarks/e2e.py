@@ -37,7 +37,7 @@ reports (Tansu's high watermark is wrong); it is then stopped with SIGTERM. Figu
 The machine's load average is printed next to each row: other processes on a shared machine skew the
 figures. Nothing in the test suite asserts on them.
 
-    python benchmarks/e2e.py [--records 1000000] [--latency-ms 50,0] [--workers 2]
+    python -m benchmarks.e2e [--records 1000000] [--latency-ms 50,0] [--workers 2]
                              [--only ceiling,docs,kafka-stripe,workers] [--docs-records 100000]
                              [--steady-rate 5000] [--steady-seconds 20] [--json FILE] [--profile] [--quick]
 
@@ -75,20 +75,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import fastavro
+import httpx
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from benchmarks.mapping import make_records
+from connector.config.settings import topic_env_key
+from connector.devtools.broker import EmbeddedBroker, die_with_parent
+from connector.devtools.emulator import EmulatorProcess
+from tests.support.harness import API_KEY, connector_env, create_meter, encode, produce
+
 ROOT = Path(__file__).resolve().parents[1]
-for _extra in (ROOT / "tests", ROOT / "benchmarks"):
-    if str(_extra) not in sys.path:
-        sys.path.insert(0, str(_extra))
-
-import fastavro  # noqa: E402
-import httpx  # noqa: E402
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
-from mapping import make_records  # noqa: E402
-from pipeline_harness import API_KEY, connector_env, create_meter, encode, produce  # noqa: E402
-
-from connector.embedded import EmbeddedBroker, die_with_parent  # noqa: E402
-from connector.emulator import EmulatorProcess  # noqa: E402
-from connector.settings import topic_env_key  # noqa: E402
 
 CEILING, DOCS, ONE, WORKERS = "ceiling", "docs", "kafka-stripe", "workers"
 CONTENDERS = (CEILING, DOCS, ONE, WORKERS)
@@ -135,7 +132,7 @@ QUICK_LATENCIES = ["0"]
 def records_now(count: int, seed: int = 42) -> Iterator[dict[str, Any]]:
     """``benchmarks/mapping.py``'s realistic records (a third with identifiers, mixed value types, zero to
     three attributes), moved so that their timestamps lie in the hour before now (Stripe's window)."""
-    from mapping import NOW_MS
+    from benchmarks.mapping import NOW_MS
 
     shift = int(time.time() * 1000) - NOW_MS
     for record in make_records(count, 0, random.Random(seed)):
@@ -238,7 +235,7 @@ class Commits:
 
 
 def contender_argv(name: str, bootstrap: str, url: str, topic: str, group: str) -> list[str]:
-    return [sys.executable, __file__, "_contender", name, bootstrap, url, topic, group]
+    return [sys.executable, "-m", "benchmarks.e2e", "_contender", name, bootstrap, url, topic, group]
 
 
 def contender_env(
@@ -622,20 +619,20 @@ class ReceiptsEmulator(EmulatorProcess):
     def command(self) -> list[str]:
         argv = super().command()
         index = argv.index("emulator")
-        return [self.python, __file__, "_emulator", *argv[index + 1 :]]
+        return [self.python, "-m", "benchmarks.e2e", "_emulator", *argv[index + 1 :]]
 
 
 def serve_emulator(argv: list[str]) -> int:
-    """The emulator (``connector.emulator.server``, unchanged) plus ``POST /_bench/receipts``: a JSON list
-    of identifiers in, the receipt time (unix seconds) of each one's meter event out, null if never
+    """The emulator (``connector.devtools.emulator.server``, unchanged) plus ``POST /_bench/receipts``: a
+    JSON list of identifiers in, the receipt time (unix seconds) of each one's meter event out, null if never
     received. Everything else goes to the emulator app untouched."""
     import asyncio
 
     import orjson
     import uvloop
 
-    from connector.emulator import create_app
-    from connector.emulator.server import _bind, add_arguments, config_from_args, serve
+    from connector.devtools.emulator import create_app
+    from connector.devtools.emulator.server import _bind, add_arguments, config_from_args, serve
 
     parser = argparse.ArgumentParser(prog="e2e.py _emulator")
     add_arguments(parser)
@@ -725,7 +722,7 @@ def docs_main(bootstrap: str, url: str, topic: str, group: str) -> int:
 
     import stripe
 
-    from connector.settings import DEFAULT_SCHEMA
+    from connector.config.settings import DEFAULT_SCHEMA
 
     stop = _stop_flag()
     schema = fastavro.parse_schema(json.loads(DEFAULT_SCHEMA.read_text()))

@@ -8,7 +8,7 @@ work (deduplication table, pending validation), not the cheap duplicate path.
 The client is a minimal HTTP/1.1 keep-alive client on asyncio protocols: the emulator and the
 client share this machine's cores, and a heavy client would measure itself instead of the server.
 
-    python benchmarks/emulator.py [--seconds 10] [--concurrency 64] [--latency-ms 0]
+    python -m benchmarks.emulator [--seconds 10] [--concurrency 64] [--latency-ms 0]
 
 Target (issue 2): >= 2,000 requests/s (200,000 events/s) on a 2-core machine.
 """

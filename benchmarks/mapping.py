@@ -9,7 +9,7 @@ timed, never the encoding. Each chunk is mapped ``--repeat`` times by each path,
 the fastest pass counts (as ``timeit`` does): on a shared machine the slower passes measure the
 neighbours. The mean over all passes is printed as well.
 
-    python benchmarks/mapping.py [--records 1000000] [--chunk 100000] [--repeat 3] [--profile]
+    python -m benchmarks.mapping [--records 1000000] [--chunk 100000] [--repeat 3] [--profile]
 
 ``--profile`` runs pyinstrument over one chunk of the fast path instead and prints its report.
 
@@ -33,9 +33,9 @@ from typing import Any
 
 import fastavro
 
-from connector.mapper import Mapper
+from connector.config.settings import DEFAULT_SCHEMA, TopicSettings
+from connector.mapping.mapper import Mapper
 from connector.records import KafkaRecord, MeterEvent
-from connector.settings import DEFAULT_SCHEMA, TopicSettings
 
 TARGET_RPS = 120_000.0
 TOPIC = "usage-events"

@@ -6,7 +6,7 @@ a stand-in consumer that hands out real ``confluent_kafka.Message`` objects buil
 is the real ``MeterEventSender`` against ``kafka-stripe emulator --latency-ms N`` in a child process, or,
 with ``--latency-ms -1``, an instant stand-in that accepts every batch (the consumer thread alone).
 
-    python benchmarks/pipeline.py [--records 300000] [--latency-ms 50] [--repeat 3]
+    python -m benchmarks.pipeline [--records 300000] [--latency-ms 50] [--repeat 3]
 
 Prints records/s and CPU µs per record of the consumer thread, the sender thread and the process, per
 run. It leaves out what only a broker costs (librdkafka fetching, ``consume()`` building messages), so its
@@ -24,29 +24,23 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _extra in (ROOT / "tests", ROOT / "benchmarks"):
-    if str(_extra) not in sys.path:
-        sys.path.insert(0, str(_extra))
+import fastavro
+from confluent_kafka import Message
 
-import fastavro  # noqa: E402
-from confluent_kafka import Message  # noqa: E402
-from e2e import records_now  # noqa: E402
-from pipeline_harness import SCHEMA, connector_env  # noqa: E402
-
-from connector.emulator import EmulatorProcess  # noqa: E402
-from connector.pipeline import Pipeline, tune_interpreter  # noqa: E402
-from connector.records import MeterEvent  # noqa: E402
-from connector.sender import BatchResult, MeterEventSender, SenderStats  # noqa: E402
-from connector.settings import load_settings, topic_env_key  # noqa: E402
+from benchmarks.e2e import records_now
+from connector.config.settings import load_settings, topic_env_key
+from connector.devtools.emulator import EmulatorProcess
+from connector.pipeline.loop import Pipeline, tune_interpreter
+from connector.records import MeterEvent
+from connector.stripe.sender import BatchResult, MeterEventSender, SenderStats
+from tests.support.harness import SCHEMA, connector_env
 
 TOPIC = "usage"
 PARTITIONS = 8
 DISTINCT_VALUES = 10_000
-SENDER_THREAD = "kafka-stripe-sender"  # connector.pipeline names its sender thread so
+SENDER_THREAD = "kafka-stripe-sender"  # connector.pipeline.loop names its sender thread so
 
 
 class _Partition:

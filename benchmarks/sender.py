@@ -7,7 +7,7 @@ event with a fresh identifier, for ``--seconds``. Prints requests/s, events/s, t
 request (this process's CPU time / requests; the emulator runs in its own process) and p50/p99 of
 ``send()`` latency, and checks with the emulator that every event was accepted exactly once.
 
-    python benchmarks/sender.py [--seconds 10] [--concurrency 128] [--latency-ms 50]
+    python -m benchmarks.sender [--seconds 10] [--concurrency 128] [--latency-ms 50]
                                 [--stacks aiohttp,httpx-aiohttp,httpx] [--loop uvloop|asyncio]
 
 Stacks: ``aiohttp`` (the connector's ``AiohttpClient``), ``httpx-aiohttp`` (httpx's interface over the
@@ -27,10 +27,10 @@ from typing import Any
 
 import httpx
 
-from connector.emulator import EmulatorProcess
-from connector.http import AiohttpClient, HttpClient, HttpResponse, HttpxClient, Timeouts
+from connector.devtools.emulator import EmulatorProcess
 from connector.records import MeterEvent
-from connector.sender import MeterEventSender
+from connector.stripe.http import AiohttpClient, HttpClient, HttpResponse, HttpxClient, Timeouts
+from connector.stripe.sender import MeterEventSender
 
 EVENTS_PER_BATCH = 100
 TARGET_RPS = 1500.0

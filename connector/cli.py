@@ -13,13 +13,34 @@ from connector import __version__
 # ``run(args) -> int``; only the chosen module is imported, so ``kafka-stripe emulator`` does not
 # pay for Kafka imports and a broken optional dependency only breaks its own subcommand.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "emulator": ("connector.emulator.server", "run the local Stripe emulator (HTTP server)"),
-    "broker": ("connector.embedded", "run an embedded Kafka-compatible broker (Tansu) for local use"),
-    "check": ("connector.check", "preflight: configuration, schemas, topics, Stripe key, meters, billing"),
-    "run": ("connector.run", "run the connector: consume the configured topics into Stripe meter events"),
-    "demo": ("connector.demo", "run the connector end to end on an embedded Kafka and the Stripe emulator"),
-    "reconcile": ("connector.reconcile", "compare a topic's usage in a time range with Stripe's summaries"),
-    "dlq": ("connector.replay", "dead-letter topic tools: `dlq replay` sends fixed records to Stripe again"),
+    "emulator": (
+        "connector.devtools.emulator.server",
+        "run the local Stripe emulator (HTTP server)",
+    ),
+    "broker": (
+        "connector.devtools.broker",
+        "run an embedded Kafka-compatible broker (Tansu) for local use",
+    ),
+    "check": (
+        "connector.commands.check",
+        "preflight: configuration, schemas, topics, Stripe key, meters, billing",
+    ),
+    "run": (
+        "connector.commands.run",
+        "run the connector: consume the configured topics into Stripe meter events",
+    ),
+    "demo": (
+        "connector.devtools.demo",
+        "run the connector end to end on an embedded Kafka and the Stripe emulator",
+    ),
+    "reconcile": (
+        "connector.commands.reconcile",
+        "compare a topic's usage in a time range with Stripe's summaries",
+    ),
+    "dlq": (
+        "connector.commands.dlq",
+        "dead-letter topic tools: `dlq replay` sends fixed records to Stripe again",
+    ),
 }
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
-from kafka_fixtures import KafkaTarget, kafka_target, unique_name
-from kafka_fixtures import consumer_config as build_consumer_config
 
-from connector.embedded import EmbeddedBroker, create_topics
+from connector.devtools.broker import EmbeddedBroker, create_topics
+from tests.support.kafka import KafkaTarget, kafka_target, unique_name
+from tests.support.kafka import consumer_config as build_consumer_config
 
 
 @pytest.fixture(scope="session")

@@ -30,13 +30,13 @@ from typing import Any
 import pytest
 import yaml
 
-from connector import sample_producer
 from connector.cli import SUBCOMMANDS, build_parser
-from connector.emulator import EmulatorProcess
-from connector.emulator.catalog import CUSTOMER_ID
-from connector.mapper import Mapper
+from connector.config.settings import DEFAULT_SCHEMA, Settings, TelemetrySettings, load_settings
+from connector.devtools import sample_producer
+from connector.devtools.emulator import EmulatorProcess
+from connector.devtools.emulator.catalog import CUSTOMER_ID
+from connector.mapping.mapper import Mapper
 from connector.records import KafkaRecord
-from connector.settings import DEFAULT_SCHEMA, Settings, TelemetrySettings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -46,7 +46,7 @@ DEPLOY = REPO / "deploy"
 PYPROJECT = REPO / "pyproject.toml"
 
 CONSOLE_SCRIPT = "kafka-stripe"
-PRODUCER_MODULE = "connector.sample_producer"
+PRODUCER_MODULE = "connector.devtools.sample_producer"
 # The services docker-compose.yml must define: the stack documented in the README.
 COMPOSE_SERVICES = {"kafka", "kafka-init", "emulator", "meter-init", "connector", "producer"}
 

@@ -1,0 +1,1 @@
+"""Avro: schemas parsed once, field-path rules, the compiled decoder and the registry lookup."""

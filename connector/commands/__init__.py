@@ -1,0 +1,1 @@
+"""The ``kafka-stripe`` subcommands, one module each."""

@@ -1,0 +1,1 @@
+"""Configuration: the settings model, read once from the environment; secrets and their masking."""

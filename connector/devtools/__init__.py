@@ -1,0 +1,1 @@
+"""Developer tools: the Stripe emulator, the embedded broker, the demo, the sample producer."""

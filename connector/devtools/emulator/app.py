@@ -1,0 +1,428 @@
+"""The raw ASGI app: routing, authentication, error shapes, fault injection and the stream hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx
+import orjson
+
+from connector.devtools.emulator import handlers
+from connector.devtools.emulator.clock import Clock, system_clock
+from connector.devtools.emulator.config import EmulatorConfig
+from connector.devtools.emulator.encoding import CONTENT_ENCODING, VARY, accepts_gzip, compress
+from connector.devtools.emulator.errors import ApiError
+from connector.devtools.emulator.handlers import Handler, Request
+from connector.devtools.emulator.state import EmulatorState
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+STREAM_PATH = "/v2/billing/meter_event_stream"
+DOC_URL = "https://docs.stripe.com/error-codes/"
+
+# Background validation: drain the queue in slices when no stream request came for IDLE_AFTER
+# seconds, or a smaller slice per tick when the backlog passes BACKLOG_LIMIT events (memory bound).
+TICK = 0.05
+IDLE_AFTER = 0.05
+IDLE_SLICE = 5_000
+BUSY_SLICE = 1_000
+BACKLOG_LIMIT = 5_000_000
+DRAIN_SLICE = 20_000  # events validated per slice when a read waits for the queue (~50 ms)
+
+
+class DroppedConnection(httpx.RemoteProtocolError):
+    """Raised by the app to drop a connection mid-response (the ``drop_rate`` fault).
+
+    Under uvicorn the connection is closed after a response head promising a body that never
+    comes; in-process, ``httpx.ASGITransport`` re-raises it, so a client sees a transport error.
+    """
+
+
+_JSON = (b"content-type", b"application/json")
+_LENGTH_2 = (b"content-length", b"2")
+_OK_BODY: Message = {"type": "http.response.body", "body": b"{}", "more_body": False}
+_OK_GZIP_BYTES = compress(b"{}")
+_GZIP_LENGTH = (b"content-length", str(len(_OK_GZIP_BYTES)).encode())
+_OK_GZIP: Message = {"type": "http.response.body", "body": _OK_GZIP_BYTES, "more_body": False}
+_request_ids = itertools.count(1)
+_Route = tuple[Handler, bool]  # handler, whether it needs a secret key
+
+
+def _routes() -> tuple[dict[tuple[str, str], _Route], list[tuple[str, re.Pattern[str], _Route]]]:
+    h = handlers
+    exact: dict[tuple[str, str], _Route] = {
+        ("POST", "/v2/billing/meter_event_session"): (h.create_session, True),
+        ("POST", "/v2/billing/meter_event_adjustments"): (h.create_adjustment_v2, True),
+        ("GET", "/v2/core/events"): (h.list_events_v2, True),
+        ("POST", "/v2/core/accounts"): (h.create_account_v2, True),
+        ("POST", "/v1/billing/meters"): (h.create_meter, True),
+        ("GET", "/v1/billing/meters"): (h.list_meters, True),
+        ("POST", "/v1/billing/meter_events"): (h.create_meter_event, True),
+        ("POST", "/v1/billing/meter_event_adjustments"): (h.create_adjustment_v1, True),
+        ("POST", "/v1/products"): (h.create_product, True),
+        ("GET", "/v1/products"): (h.list_products, True),
+        ("POST", "/v1/prices"): (h.create_price, True),
+        ("GET", "/v1/prices"): (h.list_prices, True),
+        ("POST", "/v1/plans"): (h.create_plan, True),
+        ("GET", "/v1/plans"): (h.list_plans, True),
+        ("POST", "/v1/customers"): (h.create_customer, True),
+        ("GET", "/_emulator/faults"): (h.get_faults, False),
+        ("POST", "/_emulator/faults"): (h.set_faults, False),
+        ("GET", "/_emulator/stats"): (h.get_stats, False),
+        ("POST", "/_emulator/reset"): (h.reset, False),
+        ("GET", "/_emulator/health"): (h.health, False),
+    }
+    segment = r"([A-Za-z0-9_\-]+)"
+    patterns = [
+        ("GET", rf"/v2/core/events/{segment}", h.retrieve_event_v2),
+        ("GET", rf"/v2/core/accounts/{segment}", h.retrieve_account_v2),
+        ("GET", rf"/v1/billing/meters/{segment}", h.retrieve_meter),
+        ("POST", rf"/v1/billing/meters/{segment}", h.update_meter),
+        ("POST", rf"/v1/billing/meters/{segment}/deactivate", h.deactivate_meter),
+        ("POST", rf"/v1/billing/meters/{segment}/reactivate", h.reactivate_meter),
+        ("GET", rf"/v1/billing/meters/{segment}/event_summaries", h.meter_event_summaries),
+        ("GET", rf"/v1/products/{segment}", h.retrieve_product),
+        ("GET", rf"/v1/prices/{segment}", h.retrieve_price),
+        ("POST", rf"/v1/prices/{segment}", h.update_price),
+        ("GET", rf"/v1/plans/{segment}", h.retrieve_plan),
+        ("POST", rf"/v1/plans/{segment}", h.update_plan),
+        ("GET", rf"/v1/customers/{segment}", h.retrieve_customer),
+    ]
+    return exact, [
+        (method, re.compile(pattern + r"\Z"), (handler, True)) for method, pattern, handler in patterns
+    ]
+
+
+def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The ``Authorization``, ``Idempotency-Key`` and ``Accept-Encoding`` values, in one pass."""
+    authorization = idempotency_key = accept = None
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value
+        elif name == b"idempotency-key":
+            idempotency_key = value
+        elif name == b"accept-encoding":
+            accept = value
+    return authorization, idempotency_key, accept
+
+
+def _bearer(authorization: bytes | None) -> str | None:
+    """The key or token of an ``Authorization`` value (Bearer, or Basic with the key as user)."""
+    if authorization is None:
+        return None
+    text = authorization.decode("latin-1").strip()
+    scheme, _, rest = text.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return rest.strip() or None
+    if scheme == "basic":
+        try:
+            user = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
+        except ValueError:
+            return None
+        return user.partition(":")[0] or None
+    return None
+
+
+def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> str | None:
+    for name, value in headers:
+        if name == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+def _wants_fresh_stats(path: str, scope: Scope) -> bool:
+    return path == "/_emulator/stats" and b"process=false" not in scope.get("query_string", b"")
+
+
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def error_body(error: ApiError, v2: bool) -> bytes:
+    """Stripe's error envelope: v2 always has a code and no param; v1 always has every key."""
+    code = error.code
+    if v2:
+        code = code or "invalid_request"
+        return orjson.dumps(
+            {
+                "error": {
+                    "type": error.type,
+                    "code": code,
+                    "message": error.message,
+                    "doc_url": DOC_URL + code.replace("_", "-"),
+                }
+            }
+        )
+    return orjson.dumps(
+        {
+            "error": {
+                "type": error.type,
+                "code": code,
+                "message": error.message,
+                "param": error.param,
+                "doc_url": None if code is None else DOC_URL + code.replace("_", "-"),
+            }
+        }
+    )
+
+
+class EmulatorApp:
+    """ASGI callable; ``state`` is the live ``EmulatorState`` (tests read and steer it directly)."""
+
+    def __init__(self, config: EmulatorConfig, clock: Clock = system_clock) -> None:
+        self.state = EmulatorState(config, clock)
+        self._exact, self._patterns = _routes()
+        self._last_stream = 0.0
+        self._validator: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"] == STREAM_PATH and scope["method"] == "POST":
+                await self._stream(scope, receive, send)
+            else:
+                await self._dispatch(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- the stream hot path ----------------------------------------------------------------------
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        if state.faults.latency_ms:
+            state.stats.faults_injected["latency"] += 1
+            await asyncio.sleep(state.faults.latency_ms / 1000)
+        body = await _read_body(receive)
+        self._last_stream = time.monotonic()
+        # Nothing below awaits until the response is sent: faults, auth and intake are atomic.
+        faults = state.faults  # read after the awaits: a reset may have replaced it
+        authorization, idempotency_key, accept = _scan(scope["headers"])
+        # Decided before intake: the request's events carry it to their error reports.
+        request_id = b"req_%d" % next(_request_ids)
+        if faults.stream_faulty:
+            fault = self._stream_fault()
+            if fault is not None:
+                await self._send_error(send, fault, True, request_id, accept, stream=True)
+                return
+        now = state.clock()
+        try:
+            session = state.stream_session(_bearer(authorization), now)
+            if faults.mode_limits is not None:
+                state.check_mode_limit(session.livemode, stream=True)
+            session.ledger.ingest_stream(body, now, request_id, idempotency_key)
+        except ApiError as error:
+            await self._send_error(send, error, True, request_id, accept, stream=True)
+            return
+        if faults.compress:
+            headers, message = self._stream_ok(request_id, accept)
+        else:
+            headers = [_JSON, _LENGTH_2, (b"request-id", request_id)]
+            message = _OK_BODY
+        if faults.drop_rate and faults.random.random() < faults.drop_rate:
+            # Recorded, then lost in transit: the client cannot know, and a retry must dedupe.
+            state.stats.stream_requests_dropped += 1
+            state.stats.faults_injected["dropped"] += 1
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            raise DroppedConnection("connection dropped by the emulator (drop_rate fault)")
+        by_status = state.stats.stream_requests_by_status
+        by_status[200] = by_status.get(200, 0) + 1
+        by_status = state.stats.requests_by_status
+        by_status[200] = by_status.get(200, 0) + 1
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(message)
+
+    def _stream_ok(
+        self, request_id: bytes, accept: bytes | None
+    ) -> tuple[list[tuple[bytes, bytes]], Message]:
+        """The stream's 200 when compression is on: gzipped if the client takes it, Vary either way."""
+        if accepts_gzip(accept):
+            self.state.stats.responses_compressed += 1
+            return [_JSON, _GZIP_LENGTH, CONTENT_ENCODING, VARY, (b"request-id", request_id)], _OK_GZIP
+        return [_JSON, _LENGTH_2, VARY, (b"request-id", request_id)], _OK_BODY
+
+    def _stream_fault(self) -> ApiError | None:
+        faults = self.state.faults
+        injected = self.state.stats.faults_injected
+        draw = faults.random.random
+        if faults.outage:
+            injected["outage"] += 1
+            return faults.unavailable()
+        if faults.error_rate and draw() < faults.error_rate:
+            injected["error"] += 1
+            return faults.internal_error()
+        if faults.rate_limited_rate and draw() < faults.rate_limited_rate:
+            injected["rate_limited"] += 1
+            return faults.rate_limited("global-rate")
+        if faults.bucket is not None and not faults.bucket.take():
+            injected["throttled"] += 1
+            return faults.rate_limited("endpoint-rate")
+        return None
+
+    # -- everything else ------------------------------------------------------------------------
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        controls = path.startswith("/_emulator/")
+        v2 = path.startswith("/v2/") or controls
+        state = self.state
+        if not controls and state.faults.latency_ms:
+            state.stats.faults_injected["latency"] += 1
+            await asyncio.sleep(state.faults.latency_ms / 1000)
+        body = await _read_body(receive)
+        authorization, idempotency_key, accept = _scan(scope["headers"])
+        request_id = b"req_%d" % next(_request_ids)
+        try:
+            handler, needs_key, args = self._route(method, path)
+            if state.pending_events and (needs_key or _wants_fresh_stats(path, scope)):
+                await self._drain()
+            # From here to the response nothing awaits: the handler sees and changes the state
+            # atomically with respect to every other request.
+            account = state.authenticate_key(_bearer(authorization)) if needs_key else None
+            request = Request(
+                state=state,
+                account=account,
+                method=method,
+                path=path,
+                args=args,
+                query=scope.get("query_string", b""),
+                body=body,
+                api_version=_header(scope["headers"], b"stripe-version"),
+                now=state.clock(),
+                request_id=request_id,
+                idempotency_key=idempotency_key,
+            )
+            status, payload = handler(request)
+        except ApiError as error:
+            await self._send_error(send, error, v2, request_id, accept, control=controls)
+            return
+        await self._send(send, status, orjson.dumps(payload), request_id, accept, control=controls)
+
+    async def _drain(self) -> None:
+        """Validate what was queued before this request in slices, letting other requests run in
+        between; the handler then validates any stragglers synchronously."""
+        state = self.state
+        remaining = state.pending_events
+        while remaining > 0 and state.pending_events:
+            remaining -= state.process_pending(DRAIN_SLICE)
+            await asyncio.sleep(0)
+
+    def _route(self, method: str, path: str) -> tuple[Handler, bool, tuple[str, ...]]:
+        found = self._exact.get((method, path))
+        if found is not None:
+            return found[0], found[1], ()
+        for route_method, pattern, (handler, needs_key) in self._patterns:
+            if route_method == method:
+                match = pattern.match(path)
+                if match is not None:
+                    return handler, needs_key, match.groups()
+        raise ApiError(
+            404,
+            f"Unrecognized request URL ({method}: {path}). Please see https://docs.stripe.com/api.",
+            code="not_found" if path.startswith("/v2/") else None,
+        )
+
+    async def _send(
+        self,
+        send: Send,
+        status: int,
+        body: bytes,
+        request_id: bytes,
+        accept: bytes | None,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        *,
+        control: bool = False,
+        stream: bool = False,
+    ) -> None:
+        """One JSON response. Control routes (``/_emulator/*``) are neither counted nor compressed."""
+        stats = self.state.stats
+        headers = [_JSON]
+        if not control:
+            by_status = stats.requests_by_status
+            by_status[status] = by_status.get(status, 0) + 1
+            if self.state.faults.compress:
+                headers.append(VARY)
+                if accepts_gzip(accept):
+                    body = compress(body)
+                    headers.append(CONTENT_ENCODING)
+                    stats.responses_compressed += 1
+        if stream:
+            by_status = stats.stream_requests_by_status
+            by_status[status] = by_status.get(status, 0) + 1
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"request-id", request_id))
+        if extra:
+            headers.extend(extra)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _send_error(
+        self,
+        send: Send,
+        error: ApiError,
+        v2: bool,
+        request_id: bytes,
+        accept: bytes | None,
+        *,
+        control: bool = False,
+        stream: bool = False,
+    ) -> None:
+        extra = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        body = error_body(error, v2)
+        await self._send(send, error.status, body, request_id, accept, extra, control=control, stream=stream)
+
+    # -- lifespan and background validation -------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._validator = asyncio.create_task(self._validate_in_background())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._validator is not None:
+                    self._validator.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._validator
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _validate_in_background(self) -> None:
+        """Drain the validation queue while the stream is idle, so reads after a burst are quick."""
+        state = self.state
+        while True:
+            await asyncio.sleep(TICK)
+            while state.pending_events:
+                if time.monotonic() - self._last_stream >= IDLE_AFTER:
+                    state.process_pending(IDLE_SLICE)
+                elif state.pending_events > BACKLOG_LIMIT:
+                    state.process_pending(BUSY_SLICE)
+                    break
+                else:
+                    break
+                await asyncio.sleep(0)
+
+
+def create_app(config: EmulatorConfig | None = None, clock: Clock = system_clock) -> EmulatorApp:
+    """The emulator as an ASGI app; ``app.state`` is its ``EmulatorState``."""
+    return EmulatorApp(config or EmulatorConfig(), clock)

@@ -1,0 +1,1 @@
+"""Kafka: client configurations, partition reading, the dead-letter producer and its header contract."""

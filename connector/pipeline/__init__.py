@@ -1,0 +1,1 @@
+"""The run loop: consuming, batching, handing batches to the sender, offsets and commits."""

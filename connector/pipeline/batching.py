@@ -1,0 +1,83 @@
+"""Grouping meter events into stream requests of at most 100, closed by count or by age (linger)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from connector.pipeline.offsets import PartitionOffsets
+from connector.records import ConsumedMessage, MeterEvent
+
+MAX_EVENTS_PER_REQUEST = 100  # Stripe's limit for one meter_event_stream request
+
+
+class Item(NamedTuple):
+    """One event on its way to Stripe, with what is needed to mark it done or dead-letter it."""
+
+    event: MeterEvent
+    # The consumed message as the client returned it: its offset marks the record done, its bytes and
+    # coordinates go to the dead-letter topic if Stripe refuses the event.
+    message: ConsumedMessage
+    tracker: PartitionOffsets  # the partition epoch the record was consumed under
+
+
+class Batch:
+    """Events sent in one request; ``items[i]`` is the source of ``events[i]``."""
+
+    __slots__ = ("created_at", "items", "trackers")
+
+    def __init__(self, items: list[Item], created_at: float) -> None:
+        self.items = items
+        self.created_at = created_at
+        # The distinct partition epochs the batch touches, in first-seen order; worked out once, as the
+        # pipeline counts the batch out to them and back in.
+        self.trackers: list[PartitionOffsets] = list({id(i.tracker): i.tracker for i in items}.values())
+
+    @property
+    def events(self) -> Sequence[MeterEvent]:
+        return [item.event for item in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Batcher:
+    """Holds the open batch; pure: the caller passes the time in."""
+
+    def __init__(self, max_events: int = MAX_EVENTS_PER_REQUEST, linger_s: float = 0.1) -> None:
+        if not 1 <= max_events <= MAX_EVENTS_PER_REQUEST:
+            raise ValueError(f"max_events must be 1..{MAX_EVENTS_PER_REQUEST}")
+        self.max_events = max_events
+        self.linger_s = linger_s
+        self._items: list[Item] = []
+        self._opened_at = 0.0
+
+    def add(self, item: Item, now: float) -> Batch | None:
+        """Add an event; returns the batch if this event filled it."""
+        if not self._items:
+            self._opened_at = now
+        self._items.append(item)
+        if len(self._items) >= self.max_events:
+            return self.flush()
+        return None
+
+    def due(self, now: float) -> Batch | None:
+        """The open batch if it has lingered long enough."""
+        if self._items and now - self._opened_at >= self.linger_s:
+            return self.flush()
+        return None
+
+    def deadline(self) -> float | None:
+        """When the open batch must close, or None if there is none."""
+        return self._opened_at + self.linger_s if self._items else None
+
+    def flush(self) -> Batch | None:
+        """Close the open batch now (shutdown, revoke, linger)."""
+        if not self._items:
+            return None
+        batch = Batch(self._items, self._opened_at)
+        self._items = []
+        return batch
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,1 @@
+"""The process around the pipeline: entry, signals, worker processes, telemetry."""

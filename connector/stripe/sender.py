@@ -1,0 +1,554 @@
+"""Sending batches of meter events to Stripe's meter event stream: retries, bisection, pacing, results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result
+
+from connector.errors import FatalError, StripeRejected
+from connector.records import MeterEvent
+from connector.stripe.http import (
+    Action,
+    AiohttpClient,
+    HttpClient,
+    Outcome,
+    Timeouts,
+    TransportError,
+    classify,
+    redact,
+)
+from connector.stripe.ratelimit import AimdLimiter, TokenBucket
+from connector.stripe.session import DEFAULT_API_BASE, DEFAULT_API_VERSION, SessionManager, SessionUnavailable
+
+if TYPE_CHECKING:
+    from connector.config.settings import Secret, SenderSettings, StripeSettings
+
+log = logging.getLogger(__name__)
+
+STREAM_PATH = "/v2/billing/meter_event_stream"
+DEFAULT_METER_EVENTS_BASE = "https://meter-events.stripe.com"
+MAX_EVENTS = 100  # Stripe's meter_event_stream takes 1 to 100 events per request
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+# ------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An event Stripe refused permanently: its index in the batch and Stripe's error."""
+
+    index: int
+    code: str
+    message: str
+    status: int | None
+
+    def error(self) -> StripeRejected:
+        """The dead-letter exception for this event (``code`` is Stripe's error code)."""
+        return StripeRejected(self.message, code=self.code)
+
+
+class BatchResult(NamedTuple):
+    """What became of one batch, event by event, for the offset tracker.
+
+    Every index is in exactly one of ``delivered`` (Stripe answered 2xx for it), ``rejected`` (Stripe
+    refused it permanently: dead-letter it) and ``undelivered`` (no answer we can trust: leave it not done
+    and send it again later; its identifier makes the resend harmless). ``status`` is ``"delivered"``
+    when nothing is undelivered, i.e. the whole batch may be marked done.
+    """
+
+    size: int
+    rejected: tuple[Rejection, ...] = ()
+    undelivered: tuple[int, ...] = ()
+    error: str | None = None  # why the undelivered events are undelivered (redacted)
+    attempts: int = 1  # stream requests sent for this batch (resends and bisection halves included)
+    retries: int = 0  # back-off waits taken
+    renewals: int = 0  # session renewals this batch triggered (never counted as failed attempts)
+
+    @property
+    def status(self) -> Literal["delivered", "undelivered"]:
+        return "undelivered" if self.undelivered else "delivered"
+
+    @property
+    def delivered(self) -> tuple[int, ...]:
+        """Indices of the events Stripe accepted."""
+        if not self.rejected and not self.undelivered:
+            return tuple(range(self.size))
+        other = set(self.undelivered).union(r.index for r in self.rejected)
+        return tuple(i for i in range(self.size) if i not in other)
+
+
+class SenderStats(NamedTuple):
+    """A snapshot of the sender's counters and gauges, for metrics."""
+
+    batches: int
+    batches_delivered: int
+    batches_undelivered: int
+    events_delivered: int
+    events_rejected: int
+    events_undelivered: int
+    requests: int
+    retries: int
+    rate_limited: int  # 429 answers
+    transport_errors: int
+    renewals: int
+    sessions_created: int
+    concurrency_limit: int
+    requests_in_flight: int
+    batches_in_flight: int
+    rate_limit_waits: int
+
+
+# --------------------------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, a cap per wait and a cap on the total time per batch."""
+
+    max_elapsed_s: float = 300.0
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 30.0
+
+    def backoff(self, attempt: int, draw: float) -> float:
+        """The wait after failed attempt number ``attempt`` (1-based); ``draw`` is uniform in [0, 1)."""
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2.0 ** min(attempt - 1, 60))
+        return draw * ceiling
+
+
+class _Job:
+    """One batch's mutable bookkeeping while it is being delivered."""
+
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "deferred",
+        "docs",
+        "error",
+        "invalid_token_renewed",
+        "rejected",
+        "renewals",
+        "retries",
+        "undelivered",
+    )
+
+    def __init__(self, docs: list[dict[str, object]], deadline: float) -> None:
+        self.docs = docs
+        self.deadline = deadline
+        self.attempts = 0
+        self.retries = 0
+        self.renewals = 0
+        self.invalid_token_renewed = False
+        self.rejected: list[Rejection] = []
+        self.undelivered: list[int] = []
+        self.error: str | None = None
+        self.deferred: Outcome | None = None  # Stripe said "do not retry" (Stripe-Should-Retry: false)
+
+
+def _is_retry(outcome: Outcome) -> bool:
+    return outcome.action is Action.RETRY
+
+
+def _last_outcome(state: RetryCallState) -> Outcome:
+    assert state.outcome is not None
+    result: Outcome = state.outcome.result()
+    return result
+
+
+# --------------------------------------------------------------------------------------------- sender
+
+
+class MeterEventSender:
+    """Posts batches of 1–100 meter events; ``send`` returns a ``BatchResult`` or raises ``FatalError``.
+
+    Retries live here and only here (tenacity); the session manager, the HTTP client and the limiters
+    never retry. Use as ``async with MeterEventSender(...) as sender:`` or call ``aclose()``, which
+    closes the HTTP client only if the sender created it (``http=None``: an ``AiohttpClient`` with
+    ``timeouts`` and a pool a little larger than ``max_in_flight``). ``clock`` is monotonic seconds,
+    ``wall_clock`` unix seconds (for ``Retry-After`` dates); both and ``sleep`` are seams for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: Secret | str | None = None,
+        api_base: str = DEFAULT_API_BASE,
+        meter_events_base: str = DEFAULT_METER_EVENTS_BASE,
+        api_version: str = DEFAULT_API_VERSION,
+        http: HttpClient | None = None,
+        sessions: SessionManager | None = None,
+        timeouts: Timeouts | None = None,
+        max_in_flight: int = 128,
+        rate_limit_rps: float = 10_000.0,
+        session_renew_margin_s: float = 60.0,
+        retry: RetryPolicy | None = None,
+        max_renewals: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        self._owns_http = http is None
+        self._http: HttpClient = http or AiohttpClient(timeouts=timeouts, max_connections=max_in_flight + 4)
+        if sessions is None:
+            if api_key is None:
+                raise ValueError("pass api_key or sessions")
+            sessions = SessionManager(
+                http=self._http,
+                api_key=api_key,
+                api_base=api_base,
+                api_version=api_version,
+                renew_margin_s=session_renew_margin_s,
+                clock=clock,
+                wall_clock=wall_clock,
+            )
+        self.sessions = sessions
+        self.url = meter_events_base.rstrip("/") + STREAM_PATH
+        self.retry = retry or RetryPolicy()
+        self.max_renewals = max_renewals
+        self.limiter = AimdLimiter(max_in_flight)
+        self.bucket = TokenBucket(rate_limit_rps, clock=clock, sleep=sleep)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._random = (rng or random.Random()).random
+        self._closed = False
+        self._batches = self._batches_delivered = self._batches_undelivered = 0
+        self._events_delivered = self._events_rejected = self._events_undelivered = 0
+        self._requests = self._retries = self._rate_limited = self._transport_errors = 0
+        self._renewals = self._batches_in_flight = 0
+        # Answers in a row that said "do not retry now": the wait before handing such a batch back grows
+        # with them, so a Stripe that keeps saying it is not met with a resend loop.
+        self._deferrals = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        stripe: StripeSettings,
+        sender: SenderSettings,
+        *,
+        http: HttpClient | None = None,
+        **overrides: Any,
+    ) -> MeterEventSender:
+        """A sender configured from ``Settings.stripe`` and ``Settings.sender``; ``overrides`` win."""
+        options: dict[str, Any] = {
+            "api_key": stripe.api_key,
+            "api_base": stripe.api_base,
+            "meter_events_base": stripe.meter_events_base,
+            "api_version": stripe.api_version,
+            "http": http,
+            "timeouts": Timeouts(
+                connect_s=sender.http_connect_timeout_s,
+                read_s=sender.http_read_timeout_s,
+                total_s=sender.http_timeout_s,
+            ),
+            "max_in_flight": sender.max_in_flight,
+            "rate_limit_rps": sender.rate_limit_rps,
+            "session_renew_margin_s": sender.session_renew_margin_s,
+            "retry": RetryPolicy(
+                max_elapsed_s=sender.retry_max_elapsed_s,
+                initial_backoff_s=sender.retry_initial_backoff_ms / 1000,
+                max_backoff_s=sender.retry_max_backoff_ms / 1000,
+            ),
+        }
+        options.update(overrides)
+        return cls(**options)
+
+    # -- public ---------------------------------------------------------------------------------
+
+    async def send(self, events: Sequence[MeterEvent]) -> BatchResult:
+        """Deliver one batch; never reports an event delivered unless Stripe answered 2xx for it.
+
+        Raises ``FatalError`` when the pipeline must stop (key or token refused, wrong endpoint);
+        ``ValueError`` for a batch that is empty or larger than 100 events.
+        """
+        size = len(events)
+        if not 0 < size <= MAX_EVENTS:
+            raise ValueError(f"a batch holds 1 to {MAX_EVENTS} events, got {size}")
+        if self._closed:
+            raise RuntimeError("the sender is closed")
+        self._batches += 1
+        self._batches_in_flight += 1
+        try:
+            docs = [event.as_json() for event in events]
+            job = _Job(docs, self._clock() + self.retry.max_elapsed_s)
+            outcome = await self._send_with_retries(job, orjson.dumps({"events": docs}))
+            if outcome.action is Action.DELIVERED:
+                self._deferrals = 0
+            else:
+                await self._settle(job, list(range(size)), outcome)
+            if job.deferred is not None:
+                await self._hold_back(job.deferred)
+        finally:
+            self._batches_in_flight -= 1
+        rejected = len(job.rejected)
+        undelivered = len(job.undelivered)
+        self._events_rejected += rejected
+        self._events_undelivered += undelivered
+        self._events_delivered += size - rejected - undelivered
+        if undelivered:
+            self._batches_undelivered += 1
+            log.warning(
+                "batch of %d events: %d undelivered after %d requests (%s)",
+                size,
+                undelivered,
+                job.attempts,
+                job.error,
+            )
+            return BatchResult(
+                size,
+                _by_index(job.rejected),
+                tuple(sorted(job.undelivered)),
+                job.error,
+                job.attempts,
+                job.retries,
+                job.renewals,
+            )
+        self._batches_delivered += 1
+        if rejected:
+            return BatchResult(
+                size, _by_index(job.rejected), (), None, job.attempts, job.retries, job.renewals
+            )
+        return BatchResult(size, (), (), None, job.attempts, job.retries, job.renewals)
+
+    @property
+    def concurrency(self) -> int:
+        """The effective cap on requests in flight (AIMD: shrinks on 429s, grows back on successes)."""
+        return self.limiter.limit
+
+    def stats(self) -> SenderStats:
+        return SenderStats(
+            batches=self._batches,
+            batches_delivered=self._batches_delivered,
+            batches_undelivered=self._batches_undelivered,
+            events_delivered=self._events_delivered,
+            events_rejected=self._events_rejected,
+            events_undelivered=self._events_undelivered,
+            requests=self._requests,
+            retries=self._retries,
+            rate_limited=self._rate_limited,
+            transport_errors=self._transport_errors,
+            renewals=self._renewals,
+            sessions_created=self.sessions.sessions_created,
+            concurrency_limit=self.limiter.limit,
+            requests_in_flight=self.limiter.in_flight,
+            batches_in_flight=self._batches_in_flight,
+            rate_limit_waits=self.bucket.waits,
+        )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.sessions.aclose()
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> MeterEventSender:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"MeterEventSender(url={self.url!r}, concurrency={self.limiter.limit}/{self.limiter.max_limit}, "
+            f"sessions={self.sessions!r})"
+        )
+
+    __str__ = __repr__
+
+    # -- retries --------------------------------------------------------------------------------
+
+    async def _send_with_retries(self, job: _Job, body: bytes) -> Outcome:
+        """Send ``body`` until it is delivered, refused, or the batch's time is up (→ the last RETRY)."""
+        # The first attempt runs before tenacity is involved: nearly every request succeeds at once, and
+        # tenacity's per-call objects form reference cycles that only the cyclic GC frees; holding a
+        # batch through them roughly doubled the CPU per request (measured: 956 → 505 µs).
+        outcome = await self._attempt(job, body)
+        if outcome.action is not Action.RETRY:
+            return outcome
+        first: list[Outcome] = [outcome]
+        retrying = AsyncRetrying(
+            sleep=self._sleep,
+            stop=self._stop,
+            wait=self._wait,
+            retry=retry_if_result(_is_retry),
+            before_sleep=self._before_sleep,
+            retry_error_callback=_last_outcome,
+        )
+        result: Outcome = await retrying(self._retry_attempt, job, body, first)
+        return result
+
+    async def _retry_attempt(self, job: _Job, body: bytes, first: list[Outcome]) -> Outcome:
+        # tenacity's attempt 1 is the one already made; it starts its wait from that outcome.
+        if first:
+            return first.pop()
+        return await self._attempt(job, body)
+
+    def _wait(self, state: RetryCallState) -> float:
+        outcome = _last_outcome(state)
+        if outcome.retry_after is not None:
+            # Stripe's wait is a floor; the jitter spreads the batches that got it at the same moment.
+            return outcome.retry_after + self._random() * self.retry.initial_backoff_s
+        return self.retry.backoff(state.attempt_number, self._random())
+
+    def _stop(self, state: RetryCallState) -> bool:
+        # Give up now rather than sleep past the deadline: the batch goes back as undelivered.
+        job: _Job = state.args[0]
+        return self._clock() + state.upcoming_sleep >= job.deadline
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        job: _Job = state.args[0]
+        job.retries += 1
+        self._retries += 1
+        outcome = _last_outcome(state)
+        log.debug(
+            "stream request failed (%s %s: %s); retry %d in %.2f s",
+            outcome.status,
+            outcome.code,
+            outcome.message,
+            job.retries,
+            state.upcoming_sleep,
+        )
+
+    # -- one attempt ----------------------------------------------------------------------------
+
+    async def _attempt(self, job: _Job, body: bytes) -> Outcome:
+        """One logical attempt: a request, plus resends with a new token when the session expired."""
+        while True:
+            try:
+                session = await self.sessions.current()
+            except SessionUnavailable as exc:
+                return Outcome(Action.RETRY, None, "session_unavailable", str(exc), exc.retry_after)
+            window = await self.limiter.acquire()
+            try:
+                await self.bucket.acquire()
+                job.attempts += 1
+                self._requests += 1
+                response = await self._http.post(self.url, body, session.headers)
+            except TransportError as exc:
+                self.limiter.release(window)
+                self._transport_errors += 1
+                outcome = classify(exc, now=self._wall_clock())
+            except BaseException:
+                self.limiter.release(window)
+                raise
+            else:
+                outcome = classify(response, now=self._wall_clock())
+                status = outcome.status
+                self.limiter.release(
+                    window, success=outcome.action is Action.DELIVERED, overloaded=status == 429
+                )
+                if status == 429:
+                    self._rate_limited += 1
+            action = outcome.action
+            if action is Action.DELIVERED:
+                return outcome
+            outcome = outcome._replace(message=redact(outcome.message, session.token))
+            if action is Action.RENEW_SESSION:
+                if job.renewals >= self.max_renewals:
+                    return outcome._replace(
+                        action=Action.RETRY,
+                        message=f"session expired again after {job.renewals} renewals: {outcome.message}",
+                    )
+            elif action is Action.INVALID_TOKEN:
+                if job.invalid_token_renewed:
+                    raise FatalError(
+                        f"Stripe refused a freshly created meter event session token on {self.url} "
+                        f"(HTTP 401 {outcome.code}: {outcome.message}); check that STRIPE_METER_EVENTS_BASE "
+                        "and STRIPE_API_BASE belong to the same Stripe"
+                    )
+                job.invalid_token_renewed = True
+            elif action is Action.FATAL:
+                raise FatalError(
+                    f"Stripe refused the meter event stream request on {self.url} "
+                    f"(HTTP {outcome.status} {outcome.code}: {outcome.message})"
+                )
+            else:  # RETRY, DEFER or REJECT: tenacity and the bisection decide
+                return outcome
+            # RENEW_SESSION / INVALID_TOKEN: a new token and the same body, not a failed attempt.
+            job.renewals += 1
+            self._renewals += 1
+            log.info("meter event session token refused (%s); renewing and resending", outcome.code)
+            try:
+                await self.sessions.renew(session)
+            except SessionUnavailable as exc:
+                return Outcome(Action.RETRY, None, "session_unavailable", str(exc), exc.retry_after)
+
+    # -- refusals: bisect to the events Stripe refuses ------------------------------------------
+
+    async def _settle(self, job: _Job, indices: list[int], outcome: Outcome) -> None:
+        """Record a final non-delivered outcome for ``indices``; on REJECT, bisect to find the culprits.
+
+        Stripe's 400 for a bad envelope refuses the whole request and records nothing, and which event
+        it objects to is only in free text; sending halves finds the refused events without relying on
+        the message's wording, and delivers the rest.
+        """
+        if outcome.action is Action.RETRY:
+            job.undelivered.extend(indices)
+            job.error = f"gave up after {job.attempts} requests: {_describe(outcome)}"
+            return
+        if outcome.action is Action.DEFER:
+            # Stripe-Should-Retry: false on a 429/5xx says nothing about the events: they stay
+            # undelivered (resent later with the same identifiers), never dead-lettered.
+            job.undelivered.extend(indices)
+            job.deferred = outcome
+            job.error = f"Stripe asked not to retry the request now: {_describe(outcome)}"
+            return
+        if len(indices) == 1:
+            job.rejected.append(
+                Rejection(indices[0], outcome.code or "stripe_rejected", outcome.message, outcome.status)
+            )
+            return
+        middle = len(indices) // 2
+        async with asyncio.TaskGroup() as group:  # a FatalError in one half cancels the other
+            for half in (indices[:middle], indices[middle:]):
+                group.create_task(self._bisect(job, half))
+
+    async def _hold_back(self, outcome: Outcome) -> None:
+        """Wait before handing back a batch Stripe asked us not to retry: ``Retry-After`` if given, else
+        the backoff for the number of such answers in a row, so the pipeline's resend comes later."""
+        self._deferrals += 1
+        self._retries += 1
+        wait = outcome.retry_after
+        if wait is None:
+            wait = self.retry.backoff(self._deferrals, self._random())
+        await self._sleep(wait)
+
+    async def _bisect(self, job: _Job, indices: list[int]) -> None:
+        if self._clock() >= job.deadline:
+            job.undelivered.extend(indices)
+            job.error = job.error or "the batch's time ran out while isolating refused events"
+            return
+        docs = job.docs
+        outcome = await self._send_with_retries(job, orjson.dumps({"events": [docs[i] for i in indices]}))
+        if outcome.action is not Action.DELIVERED:
+            await self._settle(job, indices, outcome)
+
+
+def _by_index(rejected: list[Rejection]) -> tuple[Rejection, ...]:
+    return tuple(sorted(rejected, key=lambda rejection: rejection.index))
+
+
+def _describe(outcome: Outcome) -> str:
+    if outcome.status is None:
+        return f"{outcome.code}: {outcome.message}"
+    return f"HTTP {outcome.status} {outcome.code}: {outcome.message}"

@@ -1,0 +1,1 @@
+"""The test suite; ``tests.support`` is shared by the tests and the benchmarks."""

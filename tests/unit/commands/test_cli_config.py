@@ -1,0 +1,259 @@
+"""The ``check`` and ``run`` subcommands: readable reports, exit statuses, and never a secret or traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from connector.cli import SUBCOMMANDS, build_parser
+from connector.commands import check as check_command
+from connector.commands import run as run_command
+from connector.config.settings import ENV_PREFIXES, MASK, Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[3]
+API_KEY = "sk_live_51ZyXwVuTsRqPoNmLkJiH"
+SASL_PASSWORD = "sasl-pa55word-for-cli"
+REGISTRY_AUTH = "registry-user:registry-pa55-cli"
+SECRETS = (API_KEY, SASL_PASSWORD, REGISTRY_AUTH, "registry-pa55-cli")
+SCHEMA = {
+    "type": "record",
+    "name": "Usage",
+    "fields": [
+        {"name": "stripe_customer_id", "type": "string"},
+        {"name": "value", "type": "long"},
+        {"name": "timestamp", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "attributes", "type": {"type": "map", "values": "string"}},
+    ],
+}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> dict[str, str]:
+    """A valid configuration holding every kind of credential."""
+    schema = tmp_path / "usage.avsc"
+    schema.write_text(json.dumps(SCHEMA))
+    return {
+        "STRIPE_API_KEY": API_KEY,
+        "KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092,broker-2:9092",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "meter",
+        "KAFKA_SASL_PASSWORD": SASL_PASSWORD,
+        "SCHEMA_REGISTRY_URL": "https://registry.example",
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": REGISTRY_AUTH,
+        "CONNECTOR_TOPICS": "usage",
+        "TOPIC_USAGE_EVENT_NAME": "api_requests",
+        "TOPIC_USAGE_SCHEMA": str(schema),
+    }
+
+
+@pytest.fixture
+def invalid(config: dict[str, str]) -> dict[str, str]:
+    """The same credentials with three problems."""
+    return config | {
+        "CONNECTOR_BATCH_SIZE": "500",
+        "TOPIC_USAGE_EVENTNAME": "x",
+        "KAFKA_SECURITY_PROTOCOL": "nope",
+    }
+
+
+def kafka_stripe(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m connector ARGS`` with exactly ``env`` (plus PATH), as an operator would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "connector", *args],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def assert_clean(result: subprocess.CompletedProcess[str]) -> None:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    for secret in SECRETS:
+        assert secret not in output, (secret, output)
+
+
+@pytest.fixture
+def environ(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
+    """Replace the process environment's connector variables for in-process command runs."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIXES):  # the test process's own (a CI broker, ...)
+            monkeypatch.delenv(name)
+
+    def use(values: dict[str, str]) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return types.SimpleNamespace(use=use)
+
+
+# ------------------------------------------------------------------------------------------- subprocess
+
+
+def test_check_reports_a_valid_configuration(config: dict[str, str]) -> None:
+    result = kafka_stripe("check", "--offline", env=config)
+    assert_clean(result)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"sk_live_{MASK}" in out and "sasl.password" in out and "basic_auth_user_info" in out
+    assert "ok      configuration  1 topic (usage); live-mode Stripe key; schema registry configured" in out
+    assert "customer   stripe_customer_id" in out and "long (timestamp-millis)" in out
+    assert "identifier identifier" in out and "absent: topic-partition-offset is used" in out
+    assert out.rstrip().endswith("All 2 checks passed.")
+
+
+def test_check_json(config: dict[str, str]) -> None:
+    result = kafka_stripe("check", "--json", "--offline", env=config)
+    assert_clean(result)
+    assert result.returncode == 0
+    document = json.loads(result.stdout)
+    assert document["valid"] is True
+    assert document["configuration"]["kafka"]["sasl.password"] == MASK
+    assert [(c["name"], c["status"]) for c in document["checks"]] == [
+        ("configuration", "ok"),
+        ("schemas", "ok"),
+    ]
+
+
+def test_check_lists_every_problem_without_secrets(invalid: dict[str, str]) -> None:
+    result = kafka_stripe("check", env=invalid)
+    assert_clean(result)
+    assert result.returncode == 2
+    assert result.stdout == ""  # no configuration is shown when it is invalid
+    lines = result.stderr.splitlines()
+    assert lines[0] == "kafka-stripe check: invalid configuration (3 problems):"
+    assert any(line.startswith("  - CONNECTOR_BATCH_SIZE must be an integer from 1 to 100") for line in lines)
+    assert any(line.startswith("  - TOPIC_USAGE_EVENTNAME is not a known setting") for line in lines)
+    assert any(line.startswith("  - KAFKA_SECURITY_PROTOCOL: librdkafka rejects it") for line in lines)
+
+
+def test_check_json_lists_problems(invalid: dict[str, str]) -> None:
+    result = kafka_stripe("check", "--json", env=invalid)
+    assert_clean(result)
+    assert result.returncode == 2
+    assert len(json.loads(result.stdout)["problems"]) == 3
+
+
+def test_check_with_an_empty_environment() -> None:
+    result = kafka_stripe("check", env={})
+    assert_clean(result)
+    assert result.returncode == 2
+    for name in (
+        "STRIPE_API_KEY is required",
+        "KAFKA_BOOTSTRAP_SERVERS is required",
+        "CONNECTOR_TOPICS is required",
+    ):
+        assert name in result.stderr
+
+
+def test_run_lists_every_problem(invalid: dict[str, str]) -> None:
+    result = kafka_stripe("run", env=invalid)
+    assert_clean(result)
+    assert result.returncode == 2
+    assert result.stderr.startswith("kafka-stripe run: invalid configuration (3 problems):")
+
+
+# ------------------------------------------------------------------------------------------- in-process
+
+
+def test_run_hands_the_settings_to_the_pipeline(
+    config: dict[str, str],
+    environ: types.SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    received: list[Settings] = []
+    pipeline = types.ModuleType("connector.pipeline.loop")
+    pipeline.run = lambda settings: received.append(settings) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "connector.pipeline.loop", pipeline)
+    # Nothing answers on port 1: run's meter preflight warns and starts anyway.
+    config |= {"STRIPE_API_BASE": "http://127.0.0.1:1"}
+    environ.use(config)
+    assert run_command.run(argparse.Namespace()) == 0
+    assert received == [load_settings(config)]
+    captured = capsys.readouterr()
+    first, limit, warning = captured.err.splitlines()
+    assert f"sk_live_{MASK}" in first and '"usage"' in first, "the effective configuration is one log line"
+    assert limit == (
+        "kafka-stripe run: rate limit 10000 requests/s to Stripe "
+        "(live-mode key: Stripe's stream limit of 10,000 requests/s)"
+    )
+    assert warning.startswith("kafka-stripe run: warning: could not read the meters to check them")
+    for secret in SECRETS:
+        assert secret not in captured.out + captured.err
+
+
+def test_run_without_a_pipeline_says_so(
+    config: dict[str, str],
+    environ: types.SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # None makes the import fail like a missing file.
+    monkeypatch.setitem(sys.modules, "connector.pipeline.loop", None)
+    environ.use(config | {"CONNECTOR_LOG_FORMAT": "json"})
+    assert run_command.run(argparse.Namespace()) == 1
+    first, *rest = capsys.readouterr().err.splitlines()
+    assert json.loads(first)["configuration"]["stripe"]["api_key"] == f"sk_live_{MASK}"
+    assert "no pipeline" in rest[-1]
+
+
+def test_a_failing_check_fails_the_command(
+    config: dict[str, str],
+    environ: types.SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = load_settings(config)
+    Path(config["TOPIC_USAGE_SCHEMA"]).unlink()  # the file vanished after loading
+    result = check_command.check_schemas(settings)
+    assert result.failed and any("no such file" in d for d in result.details)
+
+    def crashing(settings: Settings) -> check_command.CheckResult:
+        raise RuntimeError(f"boom with {settings.stripe.api_key.reveal()}")
+
+    results = check_command.run_checks(
+        settings, [("configuration", check_command.check_configuration), ("boom", crashing)]
+    )
+    assert [r.status for r in results] == ["ok", "failed"]
+    assert API_KEY not in results[1].summary and MASK in results[1].summary
+
+    Path(config["TOPIC_USAGE_SCHEMA"]).write_text(json.dumps(SCHEMA))
+    monkeypatch.setattr(check_command, "CHECKS", [*check_command.CHECKS, ("boom", crashing)])
+    environ.use(config)
+    assert check_command.run(argparse.Namespace(json=False, offline=True)) == 1
+    assert "1 of 3 checks failed." in capsys.readouterr().out
+
+
+def test_render_configuration() -> None:
+    text = check_command.render_configuration(
+        {
+            "stripe": {"api_key": "sk_test_" + MASK},
+            "schema_registry": None,
+            "topics": {"usage": {"payload_fields": []}},
+        }
+    )
+    assert text.splitlines() == [
+        "stripe",
+        f"  api_key         sk_test_{MASK}",
+        "schema_registry: (not configured)",
+        "topic usage",
+        "  payload_fields  (none)",
+    ]
+
+
+def test_subcommands_are_registered() -> None:
+    assert SUBCOMMANDS["check"][0] == "connector.commands.check"
+    assert SUBCOMMANDS["run"][0] == "connector.commands.run"
+    assert build_parser("check").parse_args(["check", "--json"]).json is True
+    assert build_parser("run").parse_args(["run"]).command == "run"

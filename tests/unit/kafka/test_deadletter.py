@@ -1,0 +1,80 @@
+"""Dead-letter headers: Kafka Connect's names, our error code, original coordinates and headers kept."""
+
+from __future__ import annotations
+
+from connector import __version__
+from connector.errors import MappingError, StripeRejected
+from connector.kafka.deadletter import dead_letter_headers
+from connector.records import KafkaRecord
+
+
+def test_headers_name_the_reason_code_and_coordinates() -> None:
+    record = KafkaRecord("usage", 3, 42, b"k", b"v", 1_700_000_000_123, [("trace", b"abc"), ("empty", None)])
+    headers = dead_letter_headers(record, MappingError("field 'value' is missing", code="missing_value"))
+    as_dict = dict(headers)
+    assert headers[:2] == [("trace", b"abc"), ("empty", b"")], "original headers come first, unchanged"
+    assert as_dict["__connect.errors.topic"] == b"usage"
+    assert as_dict["__connect.errors.partition"] == b"3"
+    assert as_dict["__connect.errors.offset"] == b"42"
+    assert as_dict["__connect.errors.exception.class.name"] == b"MappingError"
+    assert as_dict["__connect.errors.exception.message"] == b"field 'value' is missing"
+    assert as_dict["kafka_stripe.error.code"] == b"missing_value"
+    assert as_dict["kafka_stripe.original.timestamp"] == b"1700000000123"
+    assert as_dict["kafka_stripe.version"] == __version__.encode()
+
+
+def test_stripe_code_is_carried() -> None:
+    record = KafkaRecord("usage", 0, 1, None, b"v", None)
+    headers = dict(dead_letter_headers(record, StripeRejected("too long", code="parameter_invalid")))
+    assert headers["kafka_stripe.error.code"] == b"parameter_invalid"
+    assert headers["kafka_stripe.original.timestamp"] == b""
+
+
+class CountingProducer:
+    """A real confluent-kafka Producer (no broker behind it), counting the polls it is asked for."""
+
+    def __init__(self) -> None:
+        from confluent_kafka import Producer
+
+        # No bootstrap servers at all: a refused connection would queue error events, which librdkafka
+        # counts in len() as well, so the producer would not look idle (the test then raced with them).
+        # With no broker to try, nothing is queued until a record is produced; it times out.
+        self.producer = Producer({"message.timeout.ms": 300})
+        self.polls = 0
+
+    def produce(self, *args: object, **kwargs: object) -> None:
+        self.producer.produce(*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.producer)
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        served: int = self.producer.poll(timeout)
+        return served
+
+
+def test_poll_skips_an_idle_producer_but_serves_every_outstanding_report() -> None:
+    import time
+
+    from connector.kafka.deadletter import DeadLetterQueue
+
+    now = [0.0]
+    producer = CountingProducer()
+    dlq = DeadLetterQueue(producer, clock=lambda: now[0])
+    dlq.poll()
+    dlq.poll()
+    assert producer.polls == 1, "nothing out: at most one poll a second"
+    now[0] += DeadLetterQueue.IDLE_POLL_INTERVAL_S
+    dlq.poll()
+    assert producer.polls == 2
+
+    reports: list[Exception | None] = []
+    record = KafkaRecord("usage", 0, 7, None, b"v", None)
+    dlq.send(record, MappingError("bad", code="bad"), "usage.dlq", reports.append)
+    assert dlq.outstanding == 1
+    deadline = time.monotonic() + 10
+    while not reports and time.monotonic() < deadline:
+        dlq.poll()  # with a record out, every call reaches the producer
+    assert producer.polls > 3 and dlq.outstanding == 0
+    assert len(reports) == 1 and isinstance(reports[0], Exception), "no broker: the delivery fails"

@@ -1,0 +1,67 @@
+"""Batches close on count, on linger and on flush, and never exceed Stripe's 100 events."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import Message
+
+from connector.pipeline.batching import Batcher, Item
+from connector.pipeline.offsets import PartitionOffsets
+from connector.records import MeterEvent
+
+
+def item(offset: int) -> Item:
+    record = Message(topic="usage", partition=0, offset=offset, value=b"x")
+    event = MeterEvent(f"id-{offset}", "api_requests", "2026-11-23T00:00:00.000Z", {"value": "1"})
+    return Item(event, record, PartitionOffsets("usage", 0))
+
+
+def test_closes_on_count() -> None:
+    batcher = Batcher(max_events=3, linger_s=10)
+    assert batcher.add(item(0), now=0) is None
+    assert batcher.add(item(1), now=0) is None
+    batch = batcher.add(item(2), now=0)
+    assert batch is not None and [e.identifier for e in batch.events] == ["id-0", "id-1", "id-2"]
+    assert len(batcher) == 0
+
+
+def test_closes_on_linger_measured_from_the_first_event() -> None:
+    batcher = Batcher(max_events=100, linger_s=0.1)
+    batcher.add(item(0), now=1.0)
+    batcher.add(item(1), now=1.05)
+    assert batcher.deadline() == pytest.approx(1.1)
+    assert batcher.due(now=1.09) is None
+    batch = batcher.due(now=1.1)
+    assert batch is not None and len(batch) == 2 and batch.created_at == 1.0
+    assert batcher.deadline() is None and batcher.due(now=5) is None
+
+
+def test_flush_closes_whatever_is_open() -> None:
+    batcher = Batcher()
+    assert batcher.flush() is None
+    batcher.add(item(0), now=0)
+    batch = batcher.flush()
+    assert batch is not None and len(batch) == 1
+
+
+@pytest.mark.parametrize("size", [0, 101])
+def test_rejects_sizes_stripe_would_refuse(size: int) -> None:
+    with pytest.raises(ValueError):
+        Batcher(max_events=size)
+
+
+def test_a_batch_lists_each_partition_epoch_once_in_first_seen_order() -> None:
+    a, b, c = (PartitionOffsets("usage", p) for p in range(3))
+    batcher = Batcher(max_events=100, linger_s=10)
+    for n, tracker in enumerate([a, a, b, a, c, c, b]):
+        record = Message(topic="usage", partition=tracker.partition, offset=n, value=b"x")
+        event = MeterEvent(f"id-{n}", "api_requests", "2026-11-23T00:00:00.000Z", {"value": "1"})
+        batcher.add(Item(event, record, tracker), now=0)
+    batch = batcher.flush()
+    assert batch is not None and batch.trackers == [a, b, c]
+    # The next batch starts with an empty list; a batch built by hand works its list out itself.
+    batcher.add(item(9), now=0)
+    following = batcher.flush()
+    assert following is not None and len(following.trackers) == 1
+    again = type(batch)(batch.items, 0.0)
+    assert again.trackers == [a, b, c]
