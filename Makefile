@@ -1,5 +1,6 @@
 # One entry point for humans and CI. `make test` creates the virtualenv on a fresh machine,
-# installs the project with its dev extra, then runs lint, mypy --strict and the whole suite.
+# installs the project with its dev and devtools extras (the demo, emulator and embedded broker
+# live in the devtools extra), then runs lint, mypy --strict and the whole suite.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,devtools]'
 	touch $@
 
 lint: install

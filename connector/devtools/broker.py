@@ -27,6 +27,8 @@ from confluent_kafka import KafkaError, KafkaException
 # The public home of NewTopic; confluent-kafka's stubs only declare it in the C extension module.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from connector.devtools.extra import BROKER_MODULES, require_extra
+
 LOOPBACK = "127.0.0.1"
 DEFAULT_CLI_PORT = 9092
 # Settings a client needs against Tansu: a group join waits about half of session.timeout.ms before the
@@ -521,6 +523,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
+    require_extra("broker", BROKER_MODULES)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

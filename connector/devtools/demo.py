@@ -26,6 +26,7 @@ from typing import IO, Any
 import httpx
 
 from connector.config.settings import DEFAULT_SCHEMA, ENV_PREFIXES
+from connector.devtools.extra import DEMO_MODULES, require_extra
 
 TOPIC = "usage"
 DLQ_TOPIC = f"{TOPIC}.dlq"  # the connector's default dead-letter topic name for TOPIC
@@ -525,6 +526,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("demo", DEMO_MODULES)
     display = Display(sys.stdout)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:

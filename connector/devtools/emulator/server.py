@@ -21,6 +21,7 @@ from typing import Any
 
 from connector.devtools.emulator.app import DroppedConnection, EmulatorApp, create_app
 from connector.devtools.emulator.config import DEFAULT_SESSION_TTL, EmulatorConfig
+from connector.devtools.extra import EMULATOR_MODULES, require_extra
 
 DEFAULT_PORT = 12111
 READY_PREFIX = "emulator listening on "
@@ -125,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("emulator", EMULATOR_MODULES)
     try:
         config = config_from_args(args)
     except ValueError as error:
