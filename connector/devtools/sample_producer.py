@@ -4,33 +4,29 @@
 
 Every option falls back to an environment variable (``KAFKA_BOOTSTRAP_SERVERS``, ``SAMPLE_TOPIC``,
 ``SAMPLE_RATE``, ``SAMPLE_CUSTOMERS``, ``SAMPLE_RECORDS``, ``SAMPLE_SEED``), so a container can be
-configured either way; the command line wins. Records are keyed by customer, timestamped now, carry a
-small value in one of the schema's union branches (long, double, decimal, string) and two attributes;
-their identifiers are null, so the connector derives them from the Kafka coordinates. The producer
-runs until it has produced ``--records`` records (0: forever) or gets SIGTERM/SIGINT, then flushes.
+configured either way; the command line wins. Records (connector.devtools.samples) are keyed by customer,
+timestamped now, carry a small value in one of the schema's union branches (long, double, decimal, string)
+and two attributes; their identifiers are null, so the connector derives them from the Kafka coordinates.
+The producer runs until it has produced ``--records`` records (0: forever) or gets SIGTERM/SIGINT,
+then flushes.
 This is a development tool: it is not a ``kafka-stripe`` subcommand and has no place in production.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
-import random
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from types import FrameType
 from typing import Any, Protocol, TextIO
 
-import fastavro
-
-from connector.config.settings import DEFAULT_SCHEMA, topic_name_problem
+from connector.config.settings import topic_name_problem
+from connector.devtools.samples import SampleRecords, encode, load_schema
 
 PROG = "python -m connector.devtools.sample_producer"
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
@@ -44,9 +40,6 @@ DEFAULT_RATE = 10.0
 DEFAULT_CUSTOMERS = 5
 PROGRESS_INTERVAL_S = 5.0
 FLUSH_TIMEOUT_S = 30.0
-
-REGIONS = ("eu-west-1", "us-east-1", "ap-southeast-2")
-ENDPOINTS = ("/v1/search", "/v1/render", "/v1/export")
 
 
 class ProducerLike(Protocol):
@@ -174,42 +167,9 @@ def parse_options(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Opt
 # ----------------------------------------------------------------------------------------- records
 
 
-def load_schema() -> Any:
-    """The default usage record schema, parsed for fastavro."""
-    return fastavro.parse_schema(json.loads(DEFAULT_SCHEMA.read_text(encoding="utf-8")))
-
-
 def customer_ids(count: int) -> list[str]:
     # Letters and digits only after ``cus_``: the shape Stripe's (and the emulator's) customer ids have.
     return [f"cus_sample{n:04d}" for n in range(1, count + 1)]
-
-
-def sample_value(rng: random.Random) -> int | float | Decimal | str:
-    """A small quantity in one of the schema's ``value`` branches, as different producers would send."""
-    kind = rng.random()
-    if kind < 0.6:
-        return rng.randint(1, 20)  # long: request counts
-    if kind < 0.8:
-        return Decimal(rng.randint(1, 99_999)).scaleb(-3)  # decimal(38,12): e.g. GB transferred
-    if kind < 0.9:
-        return round(rng.uniform(0.05, 10.0), 2)  # double
-    return str(rng.randint(1, 100))  # string, as exported from CSV
-
-
-def sample_record(rng: random.Random, customers: Sequence[str], now_ms: int) -> dict[str, Any]:
-    return {
-        "identifier": None,
-        "stripe_customer_id": rng.choice(customers),
-        "value": sample_value(rng),
-        "timestamp": now_ms,
-        "attributes": {"region": rng.choice(REGIONS), "endpoint": rng.choice(ENDPOINTS)},
-    }
-
-
-def encode(schema: Any, record: Mapping[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    fastavro.schemaless_writer(buffer, schema, dict(record))
-    return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -238,9 +198,9 @@ def run(
     out: TextIO = sys.stdout,
 ) -> int:
     """Produce until ``options.records`` are sent or ``stop`` is set; 0 if every record was delivered."""
-    rng = random.Random(options.seed)
     schema = load_schema()
-    customers = customer_ids(options.customers)
+    # Identifiers stay null: the connector derives them from the Kafka coordinates.
+    samples = SampleRecords(customer_ids(options.customers), seed=options.seed)
     counts = _Counts()
     rate = f"{options.rate:g}/s" if options.rate else "as fast as possible"
     total = str(options.records) if options.records else "forever"
@@ -258,7 +218,7 @@ def run(
             wait = started + produced / options.rate - clock()
             if wait > 0 and stop.wait(wait):
                 break
-        record = sample_record(rng, customers, int(time.time() * 1000))
+        record = samples.record(int(time.time() * 1000))
         value = encode(schema, record)
         key = str(record["stripe_customer_id"]).encode()
         while True:

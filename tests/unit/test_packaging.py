@@ -47,6 +47,8 @@ PYPROJECT = REPO / "pyproject.toml"
 
 CONSOLE_SCRIPT = "kafka-stripe"
 PRODUCER_MODULE = "connector.devtools.sample_producer"
+# The Dockerfile stage (and pyproject extra) with the developer tools; the default target is the runtime.
+DEVTOOLS_TARGET = "devtools"
 # The services docker-compose.yml must define: the stack documented in the README.
 COMPOSE_SERVICES = {"kafka", "kafka-init", "emulator", "meter-init", "connector", "producer"}
 
@@ -120,8 +122,40 @@ def dockerfile_stages() -> list[Stage]:
     return stages
 
 
+def resolved(stage: Stage, stages: list[Stage]) -> Stage:
+    """``stage`` with the instructions of the stages it is built FROM (by name) before its own, and the
+    image its chain starts from as its base: what an image built with ``--target <stage>`` holds."""
+    by_name = {s.name: s for s in stages if s.name}
+    chain = [stage]
+    while chain[-1].base in by_name:
+        chain.append(by_name[chain[-1].base])
+    instructions = [i for s in reversed(chain) for i in s.instructions]
+    return Stage(chain[-1].base, stage.name, instructions)
+
+
 def final_stage() -> Stage:
-    return dockerfile_stages()[-1]
+    """The image ``docker build .`` makes: the last stage, with what it inherits."""
+    stages = dockerfile_stages()
+    return resolved(stages[-1], stages)
+
+
+def target_stage(target: str) -> Stage:
+    stages = dockerfile_stages()
+    (stage,) = [s for s in stages if s.name == target]
+    return resolved(stage, stages)
+
+
+def build_stages() -> list[Stage]:
+    """The stages whose results are copied into the images (not the images themselves)."""
+    stages = dockerfile_stages()
+    copied = {
+        w.removeprefix("--from=")
+        for stage in stages
+        for i in stage.all("COPY")
+        for w in shlex.split(i.args)
+        if w.startswith("--from=")
+    }
+    return [resolved(s, stages) for s in stages if s.name in copied]
 
 
 def image_uid() -> int:
@@ -167,16 +201,16 @@ def image_path_to_repo(path: str) -> Path:
 
 
 def test_dockerfile_final_stage_is_python_311_slim() -> None:
-    stages = dockerfile_stages()
-    assert stages[-1].base == "python:3.11-slim"
+    assert final_stage().base == "python:3.11-slim"
+    assert target_stage(DEVTOOLS_TARGET).base == "python:3.11-slim"
     requires = tomllib.loads(PYPROJECT.read_text())["project"]["requires-python"]
     assert requires == ">=3.11", "keep the base image's Python within requires-python"
 
 
 def test_dockerfile_builds_a_wheel_in_a_stage_and_copies_only_the_result() -> None:
-    stages = dockerfile_stages()
-    assert len(stages) >= 2
-    build_names = {stage.name for stage in stages[:-1]}
+    stages = build_stages()
+    assert len(dockerfile_stages()) >= 2
+    build_names = {stage.name for stage in stages}
     froms = [
         w.removeprefix("--from=")
         for i in final_stage().all("COPY")
@@ -184,7 +218,7 @@ def test_dockerfile_builds_a_wheel_in_a_stage_and_copies_only_the_result() -> No
         if w.startswith("--from=")
     ]
     assert froms and set(froms) <= build_names
-    assert any("pip wheel" in i.args for stage in stages[:-1] for i in stage.all("RUN"))
+    assert any("pip wheel" in i.args for stage in stages for i in stage.all("RUN"))
     # The source tree does not ship: the final stage copies from the context only schemas (for WORKDIR).
     for instruction in final_stage().all("COPY"):
         sources, _ = copy_sources(instruction)
@@ -212,8 +246,48 @@ def test_dockerfile_exposes_the_metrics_port() -> None:
 
 
 def test_dockerfile_checks_the_installed_default_schema_at_build_time() -> None:
-    runs = " ".join(i.args for stage in dockerfile_stages()[:-1] for i in stage.all("RUN"))
+    runs = " ".join(i.args for stage in build_stages() for i in stage.all("RUN"))
     assert "DEFAULT_SCHEMA" in runs and "site-packages" in runs
+
+
+def _installs(stage: Stage) -> list[str]:
+    """The ``pip install`` arguments of a stage's RUN instructions (inherited ones included)."""
+    found: list[str] = []
+    for instruction in stage.all("RUN"):
+        for command in re.split(r"&&|;", instruction.args):
+            words = command.split()
+            while words and words[0].startswith("--"):  # RUN's own options (--mount=...)
+                words.pop(0)
+            if words[:1] and words[0].endswith("pip") and words[1:2] == ["install"]:
+                found += [w for w in words[2:] if not w.startswith("-")]
+    return found
+
+
+def _venv_source(image: Stage) -> Stage:
+    (source,) = [
+        w.removeprefix("--from=")
+        for i in image.all("COPY")
+        for w in shlex.split(i.args)
+        if w.startswith("--from=")
+    ]
+    (stage,) = [s for s in build_stages() if s.name == source]
+    return stage
+
+
+def test_dockerfile_runtime_image_installs_the_wheel_without_extras() -> None:
+    installs = _installs(_venv_source(final_stage()))
+    assert installs and all(w.endswith(".whl") for w in installs), installs
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    assert DEVTOOLS_TARGET in extras, "the devtools target installs the devtools extra"
+
+
+def test_dockerfile_devtools_target_adds_the_devtools_extra() -> None:
+    image = target_stage(DEVTOOLS_TARGET)
+    installs = _installs(_venv_source(image))
+    assert any(w.endswith(f".whl)[{DEVTOOLS_TARGET}]\"") for w in installs), installs
+    # The same user, working directory and entry point as the runtime image.
+    for keyword in ("USER", "WORKDIR", "ENTRYPOINT"):
+        assert image.last(keyword).args == final_stage().last(keyword).args, keyword
 
 
 def test_dockerfile_copy_sources_exist_and_are_not_dockerignored() -> None:
@@ -370,13 +444,29 @@ def service_env(service: Mapping[str, Any]) -> dict[str, str]:
 
 
 def uses_image(service: Mapping[str, Any]) -> bool:
-    return service.get("image") == compose_image() or "build" in service
+    return service.get("image") in compose_images() or "build" in service
 
 
 def compose_image() -> str:
     image = compose_services()["connector"]["image"]
     assert isinstance(image, str)
     return image
+
+
+def compose_images() -> set[str]:
+    """The images built from the Dockerfile: the connector's (runtime) and the devtools one."""
+    return {compose_image(), compose_services()["emulator"]["image"]}
+
+
+def service_target(service: Mapping[str, Any]) -> str | None:
+    """The Dockerfile stage a service's image is built to; None for the default (runtime) image."""
+    build = service.get("build")
+    return build.get("target") if isinstance(build, dict) else None
+
+
+def service_stage(service: Mapping[str, Any]) -> Stage:
+    target = service_target(service)
+    return target_stage(target) if target else final_stage()
 
 
 def service_argv(service: Mapping[str, Any]) -> list[str]:
@@ -388,11 +478,12 @@ def service_argv(service: Mapping[str, Any]) -> list[str]:
     def words(value: Any) -> list[str]:
         return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
 
-    entrypoint = words(service["entrypoint"]) if "entrypoint" in service else image_entrypoint()
+    image = service_stage(service)
+    entrypoint = words(service["entrypoint"]) if "entrypoint" in service else image.last("ENTRYPOINT").exec_form()
     if "command" in service:
         command = words(service["command"])
     else:
-        command = [] if "entrypoint" in service else image_cmd()
+        command = [] if "entrypoint" in service else image.last("CMD").exec_form()
     return entrypoint + command
 
 
@@ -463,7 +554,7 @@ def test_compose_every_service_of_the_image_runs_a_real_command() -> None:
     for name, service in services.items():
         if not uses_image(service):
             continue
-        assert service.get("image") == compose_image() and "build" in service, (
+        assert service.get("image") in compose_images() and "build" in service, (
             f"{name}: give every service of the image both image and build, so `up` never pulls it"
         )
         argv = service_argv(service)
@@ -481,6 +572,27 @@ def test_compose_every_service_of_the_image_runs_a_real_command() -> None:
         else:
             raise AssertionError(f"{name} runs {argv}: not a subcommand, the producer or a script")
     assert {"run", "emulator", PRODUCER_MODULE} <= seen
+
+
+def runs_devtools(argv: list[str]) -> bool:
+    if argv[:3] == ["python", "-m", PRODUCER_MODULE]:
+        return True
+    return argv[0] == CONSOLE_SCRIPT and SUBCOMMANDS[argv[1]][0].startswith("connector.devtools.")
+
+
+def test_compose_devtools_services_use_the_devtools_target_and_the_connector_the_runtime_image() -> None:
+    """The runtime image lacks the devtools extra: the emulator and the producer need the devtools target."""
+    services = compose_services()
+    targets = {name: service_target(s) for name, s in services.items() if uses_image(s)}
+    for name, service in services.items():
+        if uses_image(service):
+            wanted = DEVTOOLS_TARGET if runs_devtools(service_argv(service)) else None
+            assert targets[name] == wanted, f"{name} is built to target {targets[name]}, not {wanted}"
+    assert targets["emulator"] == targets["producer"] == DEVTOOLS_TARGET
+    assert targets["connector"] is None
+    devtools_image = services["emulator"]["image"]
+    assert devtools_image != compose_image(), "two targets, two image names (or one overwrites the other)"
+    assert {services[n]["image"] for n, t in targets.items() if t} == {devtools_image}
 
 
 def test_compose_other_services_of_the_image_replace_its_connector_healthcheck() -> None:
