@@ -1,22 +1,22 @@
-"""HTTP to Stripe: the client seam, aiohttp and httpx implementations, the response → outcome table."""
+"""HTTP to Stripe: the client seam (``HttpClient``, ``HttpResponse``, ``TransportError``) and its aiohttp
+and httpx implementations. What an answer means is ``connector.stripe.outcomes``."""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import enum
-import math
-import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import aiohttp
 import httpx
-import orjson
 
 from connector.errors import RetryableError
+
+# re-exported for connector.commands.check, which imports them from here; new code imports outcomes
+from connector.stripe.outcomes import Action as Action
+from connector.stripe.outcomes import classify as classify
 
 # ------------------------------------------------------------------------------------------ the seam
 
@@ -90,7 +90,9 @@ class HttpClient(Protocol):
         ...
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """An exception as one bounded line, ``ConnectError: refused``: what a client reports when no answer
+    came (its text is the library's, never a request header, so it holds no credential of ours)."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
@@ -146,11 +148,11 @@ class AiohttpClient:
                     content = decode_body(content, encoding)
                 return HttpResponse(response.status, response.headers, content)
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is also a TimeoutError
-            raise TransportError("timeout", _describe(exc)) from None
+            raise TransportError("timeout", describe_error(exc)) from None
         except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
-            raise TransportError("connect", _describe(exc)) from None
+            raise TransportError("connect", describe_error(exc)) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError("protocol", _describe(exc)) from None
+            raise TransportError("protocol", describe_error(exc)) from None
 
     async def aclose(self) -> None:
         self._closed = True
@@ -190,11 +192,11 @@ class HttpxClient:
             async with asyncio.timeout(self.timeouts.total_s):
                 response = await self._client.post(url, content=body, headers=headers)
         except (TimeoutError, httpx.TimeoutException) as exc:
-            raise TransportError("timeout", _describe(exc)) from None
+            raise TransportError("timeout", describe_error(exc)) from None
         except httpx.ConnectError as exc:
-            raise TransportError("connect", _describe(exc)) from None
+            raise TransportError("connect", describe_error(exc)) from None
         except (httpx.TransportError, OSError) as exc:
-            raise TransportError("protocol", _describe(exc)) from None
+            raise TransportError("protocol", describe_error(exc)) from None
         return HttpResponse(response.status_code, response.headers, response.content)
 
     async def aclose(self) -> None:
@@ -202,140 +204,3 @@ class HttpxClient:
 
     def __repr__(self) -> str:
         return f"HttpxClient(timeouts={self.timeouts})"
-
-
-# ------------------------------------------------------------------------------------ secret hygiene
-
-# Key-shaped strings (Stripe prints keys masked, but a proxy or a future message might not).
-_KEY_PATTERN = re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[A-Za-z0-9*]+")
-MASK = "**********"
-
-
-def redact(text: str, *secrets: str) -> str:
-    """``text`` with every given secret and anything shaped like a Stripe key replaced by a mask."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    return _KEY_PATTERN.sub(lambda m: m.group(0)[:8] + MASK, text)
-
-
-# ---------------------------------------------------------------------------------- the outcome table
-
-
-class Action(enum.Enum):
-    """What to do with a request after Stripe's answer (or the lack of one)."""
-
-    DELIVERED = "delivered"  # 2xx: Stripe accepted every event of the request
-    RENEW_SESSION = "renew_session"  # 401 session expired: new token, resend; not a failed attempt
-    INVALID_TOKEN = "invalid_token"  # other 401: new token and resend once, then fatal
-    RETRY = "retry"  # transient: back off and send the same request again
-    # Stripe-Should-Retry: false on an answer that says nothing about the events (429, 5xx): do not
-    # resend this request now; the events stay undelivered (not done, sent again later), never rejected.
-    DEFER = "defer"
-    REJECT = "reject"  # permanent and possibly event-specific: bisect, dead-letter what Stripe refuses
-    FATAL = "fatal"  # permanent for every request (access, wrong URL): stop the pipeline
-
-
-class Outcome(NamedTuple):
-    """The classified answer; ``message`` is bounded and must be redacted before it leaves the sender."""
-
-    action: Action
-    status: int | None  # None when no response arrived
-    code: str | None
-    message: str
-    retry_after: float | None = None
-
-
-DELIVERED = Outcome(Action.DELIVERED, 200, None, "ok")
-
-_RETRYABLE_STATUSES = frozenset({408, 409, 429})
-# Statuses that cannot depend on the events sent: bisecting would dead-letter every event of a healthy
-# stream because of a configuration error, so they stop the pipeline instead.
-_FATAL_STATUSES = frozenset({403, 404, 405, 406, 415, 501})
-SESSION_EXPIRED_TYPE = "temporary_session_expired"
-SESSION_EXPIRED_CODE = "billing_meter_event_session_expired"
-
-
-def parse_error(body: bytes) -> tuple[str | None, str | None, str | None]:
-    """``(type, code, message)`` of a Stripe v1/v2 error body; Nones when it is not one."""
-    try:
-        document: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None, None
-    error = document.get("error") if isinstance(document, dict) else None
-    if not isinstance(error, dict):
-        return None, None, None
-
-    def text(key: str) -> str | None:
-        value = error.get(key)
-        return value if isinstance(value, str) else None
-
-    return text("type"), text("code"), text("message")
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP date); None if absent or bad."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if moment.tzinfo is None:  # HTTP dates are GMT by definition
-            return None
-        seconds = moment.timestamp() - now
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def classify(result: HttpResponse | TransportError, *, now: float) -> Outcome:
-    """Map Stripe's answer, or a transport failure, to an ``Outcome`` (pure; ``now`` is unix time).
-
-    ====================================================  ===============
-    no response (timeout, connection refused/dropped)      RETRY
-    2xx                                                    DELIVERED
-    401 ``temporary_session_expired`` (or its code)       RENEW_SESSION
-    other 401                                              INVALID_TOKEN
-    408, 409, 429, 5xx except 501                          RETRY
-    403, 404, 405, 406, 415, 501, 3xx                      FATAL
-    other 4xx (400, 402, 413, 422, …)                      REJECT
-    anything else (1xx, ≥ 600)                             RETRY
-    ====================================================  ===============
-
-    ``Stripe-Should-Retry: true`` turns REJECT/FATAL into RETRY; ``false`` turns RETRY into DEFER, never
-    into REJECT: it is about resending the request, not about the events, which only a 4xx refuses.
-    It does not apply to 2xx (accepted is accepted) nor to 401 (a new token is not a retry of the
-    same request). ``retry_after`` comes from ``Retry-After`` on any non-2xx answer.
-    """
-    if isinstance(result, TransportError):
-        return Outcome(Action.RETRY, None, result.kind, str(result))
-    status = result.status
-    if 200 <= status < 300:
-        return DELIVERED
-    error_type, code, message = parse_error(result.body)
-    text = (message or f"HTTP {status} without a Stripe error body")[:500]
-    headers = result.headers
-    retry_after = parse_retry_after(headers.get("retry-after"), now)
-    if status == 401:
-        expired = error_type == SESSION_EXPIRED_TYPE or code == SESSION_EXPIRED_CODE
-        action = Action.RENEW_SESSION if expired else Action.INVALID_TOKEN
-        return Outcome(action, status, code, text, retry_after)
-    if status in _RETRYABLE_STATUSES or (500 <= status < 600 and status != 501):
-        action = Action.RETRY
-    elif status in _FATAL_STATUSES or 300 <= status < 400:
-        action = Action.FATAL
-    elif 400 <= status < 500:
-        action = Action.REJECT
-    else:
-        action = Action.RETRY
-    should_retry = (headers.get("stripe-should-retry") or "").strip().lower()
-    if should_retry == "true":
-        action = Action.RETRY
-    elif should_retry == "false" and action is Action.RETRY:
-        action = Action.DEFER
-    return Outcome(action, status, code, text, retry_after)

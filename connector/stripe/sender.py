@@ -1,4 +1,5 @@
-"""Sending batches of meter events to Stripe's meter event stream: retries, bisection, pacing, results."""
+"""Sending batches of meter events to Stripe's meter event stream: attempts, session renewals, bisection of
+refused events, pacing, and the back-off signal; the retry policy is ``retry``, the results ``results``."""
 
 from __future__ import annotations
 
@@ -7,123 +8,40 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from tenacity import AsyncRetrying, RetryCallState, retry_if_result
 
-from connector.errors import FatalError, StripeRejected
+from connector.config.secrets import redact
+from connector.errors import FatalError
 from connector.records import MeterEvent
-from connector.stripe.http import (
-    Action,
-    AiohttpClient,
-    HttpClient,
-    Outcome,
-    Timeouts,
-    TransportError,
-    classify,
-    redact,
+from connector.stripe.http import AiohttpClient, HttpClient, Timeouts, TransportError
+from connector.stripe.limits import (
+    DEFAULT_API_BASE,
+    DEFAULT_API_VERSION,
+    DEFAULT_METER_EVENTS_BASE,
+    LIVE_RATE_LIMIT_RPS,
+    MAX_EVENTS_PER_REQUEST,
 )
+from connector.stripe.limits import STREAM_PATH as STREAM_PATH  # re-exported for connector.commands.check
+from connector.stripe.outcomes import Action, Outcome, classify
 from connector.stripe.ratelimit import AimdLimiter, TokenBucket
-from connector.stripe.session import DEFAULT_API_BASE, DEFAULT_API_VERSION, SessionManager, SessionUnavailable
+from connector.stripe.results import BatchResult as BatchResult  # re-exported for pipeline, telemetry
+from connector.stripe.results import Rejection
+from connector.stripe.results import SenderStats as SenderStats  # re-exported for pipeline, telemetry
+from connector.stripe.retry import BackoffReason, Retrier, RetryPolicy, backoff_reason
+from connector.stripe.session import Session, SessionManager, SessionUnavailable
 
 if TYPE_CHECKING:
-    from connector.config.settings import Secret, SenderSettings, StripeSettings
+    from connector.config.secrets import Secret
+    from connector.config.settings import SenderSettings, StripeSettings
 
 log = logging.getLogger(__name__)
 
-STREAM_PATH = "/v2/billing/meter_event_stream"
-DEFAULT_METER_EVENTS_BASE = "https://meter-events.stripe.com"
-MAX_EVENTS = 100  # Stripe's meter_event_stream takes 1 to 100 events per request
-
 Sleep = Callable[[float], Awaitable[None]]
-
-
-# ------------------------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """An event Stripe refused permanently: its index in the batch and Stripe's error."""
-
-    index: int
-    code: str
-    message: str
-    status: int | None
-
-    def error(self) -> StripeRejected:
-        """The dead-letter exception for this event (``code`` is Stripe's error code)."""
-        return StripeRejected(self.message, code=self.code)
-
-
-class BatchResult(NamedTuple):
-    """What became of one batch, event by event, for the offset tracker.
-
-    Every index is in exactly one of ``delivered`` (Stripe answered 2xx for it), ``rejected`` (Stripe
-    refused it permanently: dead-letter it) and ``undelivered`` (no answer we can trust: leave it not done
-    and send it again later; its identifier makes the resend harmless). ``status`` is ``"delivered"``
-    when nothing is undelivered, i.e. the whole batch may be marked done.
-    """
-
-    size: int
-    rejected: tuple[Rejection, ...] = ()
-    undelivered: tuple[int, ...] = ()
-    error: str | None = None  # why the undelivered events are undelivered (redacted)
-    attempts: int = 1  # stream requests sent for this batch (resends and bisection halves included)
-    retries: int = 0  # back-off waits taken
-    renewals: int = 0  # session renewals this batch triggered (never counted as failed attempts)
-
-    @property
-    def status(self) -> Literal["delivered", "undelivered"]:
-        return "undelivered" if self.undelivered else "delivered"
-
-    @property
-    def delivered(self) -> tuple[int, ...]:
-        """Indices of the events Stripe accepted."""
-        if not self.rejected and not self.undelivered:
-            return tuple(range(self.size))
-        other = set(self.undelivered).union(r.index for r in self.rejected)
-        return tuple(i for i in range(self.size) if i not in other)
-
-
-class SenderStats(NamedTuple):
-    """A snapshot of the sender's counters and gauges, for metrics."""
-
-    batches: int
-    batches_delivered: int
-    batches_undelivered: int
-    events_delivered: int
-    events_rejected: int
-    events_undelivered: int
-    requests: int
-    retries: int
-    rate_limited: int  # 429 answers
-    transport_errors: int
-    renewals: int
-    sessions_created: int
-    concurrency_limit: int
-    requests_in_flight: int
-    batches_in_flight: int
-    rate_limit_waits: int
-
-
-# --------------------------------------------------------------------------------------------- policy
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter, a cap per wait and a cap on the total time per batch."""
-
-    max_elapsed_s: float = 300.0
-    initial_backoff_s: float = 0.2
-    max_backoff_s: float = 30.0
-
-    def backoff(self, attempt: int, draw: float) -> float:
-        """The wait after failed attempt number ``attempt`` (1-based); ``draw`` is uniform in [0, 1)."""
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2.0 ** min(attempt - 1, 60))
-        return draw * ceiling
+# Called with the reason each time the sender starts a back-off wait: the pipeline's signal to slow down.
+OnBackoff = Callable[[BackoffReason], None]
 
 
 class _Job:
@@ -154,18 +72,11 @@ class _Job:
         self.error: str | None = None
         self.deferred: Outcome | None = None  # Stripe said "do not retry" (Stripe-Should-Retry: false)
 
-
-def _is_retry(outcome: Outcome) -> bool:
-    return outcome.action is Action.RETRY
-
-
-def _last_outcome(state: RetryCallState) -> Outcome:
-    assert state.outcome is not None
-    result: Outcome = state.outcome.result()
-    return result
-
-
-# --------------------------------------------------------------------------------------------- sender
+    def result(self, size: int) -> BatchResult:
+        rejected = tuple(sorted(self.rejected, key=lambda rejection: rejection.index))
+        undelivered = tuple(sorted(self.undelivered))
+        error = self.error if undelivered else None
+        return BatchResult(size, rejected, undelivered, error, self.attempts, self.retries, self.renewals)
 
 
 class MeterEventSender:
@@ -176,6 +87,11 @@ class MeterEventSender:
     closes the HTTP client only if the sender created it (``http=None``: an ``AiohttpClient`` with
     ``timeouts`` and a pool a little larger than ``max_in_flight``). ``clock`` is monotonic seconds,
     ``wall_clock`` unix seconds (for ``Retry-After`` dates); both and ``sleep`` are seams for tests.
+
+    ``on_backoff(reason)`` is called on the sender's event loop, holding no lock, each time a back-off
+    wait starts: a retry wait (``rate_limited`` after a 429, ``transport`` when no answer came,
+    ``other`` otherwise) or the hold-back after ``Stripe-Should-Retry: false`` (``defer``). It must
+    not block; never on a batch delivered at its first attempt.
     """
 
     def __init__(
@@ -189,7 +105,7 @@ class MeterEventSender:
         sessions: SessionManager | None = None,
         timeouts: Timeouts | None = None,
         max_in_flight: int = 128,
-        rate_limit_rps: float = 10_000.0,
+        rate_limit_rps: float = LIVE_RATE_LIMIT_RPS,
         session_renew_margin_s: float = 60.0,
         retry: RetryPolicy | None = None,
         max_renewals: int = 3,
@@ -197,6 +113,7 @@ class MeterEventSender:
         wall_clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        on_backoff: OnBackoff | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
@@ -216,7 +133,7 @@ class MeterEventSender:
             )
         self.sessions = sessions
         self.url = meter_events_base.rstrip("/") + STREAM_PATH
-        self.retry = retry or RetryPolicy()
+        self.retry = retry = retry or RetryPolicy()
         self.max_renewals = max_renewals
         self.limiter = AimdLimiter(max_in_flight)
         self.bucket = TokenBucket(rate_limit_rps, clock=clock, sleep=sleep)
@@ -224,6 +141,8 @@ class MeterEventSender:
         self._wall_clock = wall_clock
         self._sleep = sleep
         self._random = (rng or random.Random()).random
+        self._retrier = Retrier(retry, clock=clock, sleep=sleep, draw=self._random)
+        self._on_backoff = on_backoff
         self._closed = False
         self._batches = self._batches_delivered = self._batches_undelivered = 0
         self._events_delivered = self._events_rejected = self._events_undelivered = 0
@@ -242,7 +161,8 @@ class MeterEventSender:
         http: HttpClient | None = None,
         **overrides: Any,
     ) -> MeterEventSender:
-        """A sender configured from ``Settings.stripe`` and ``Settings.sender``; ``overrides`` win."""
+        """A sender configured from ``Settings.stripe`` and ``Settings.sender``; ``overrides`` (any
+        keyword of the constructor, e.g. ``on_backoff``) win."""
         options: dict[str, Any] = {
             "api_key": stripe.api_key,
             "api_base": stripe.api_base,
@@ -275,8 +195,8 @@ class MeterEventSender:
         ``ValueError`` for a batch that is empty or larger than 100 events.
         """
         size = len(events)
-        if not 0 < size <= MAX_EVENTS:
-            raise ValueError(f"a batch holds 1 to {MAX_EVENTS} events, got {size}")
+        if not 0 < size <= MAX_EVENTS_PER_REQUEST:
+            raise ValueError(f"a batch holds 1 to {MAX_EVENTS_PER_REQUEST} events, got {size}")
         if self._closed:
             raise RuntimeError("the sender is closed")
         self._batches += 1
@@ -293,35 +213,7 @@ class MeterEventSender:
                 await self._hold_back(job.deferred)
         finally:
             self._batches_in_flight -= 1
-        rejected = len(job.rejected)
-        undelivered = len(job.undelivered)
-        self._events_rejected += rejected
-        self._events_undelivered += undelivered
-        self._events_delivered += size - rejected - undelivered
-        if undelivered:
-            self._batches_undelivered += 1
-            log.warning(
-                "batch of %d events: %d undelivered after %d requests (%s)",
-                size,
-                undelivered,
-                job.attempts,
-                job.error,
-            )
-            return BatchResult(
-                size,
-                _by_index(job.rejected),
-                tuple(sorted(job.undelivered)),
-                job.error,
-                job.attempts,
-                job.retries,
-                job.renewals,
-            )
-        self._batches_delivered += 1
-        if rejected:
-            return BatchResult(
-                size, _by_index(job.rejected), (), None, job.attempts, job.retries, job.renewals
-            )
-        return BatchResult(size, (), (), None, job.attempts, job.retries, job.renewals)
+        return self._count(job, size)
 
     @property
     def concurrency(self) -> int:
@@ -375,61 +267,70 @@ class MeterEventSender:
 
     __str__ = __repr__
 
-    # -- retries --------------------------------------------------------------------------------
+    # -- results and back-off -------------------------------------------------------------------
 
-    async def _send_with_retries(self, job: _Job, body: bytes) -> Outcome:
-        """Send ``body`` until it is delivered, refused, or the batch's time is up (→ the last RETRY)."""
-        # The first attempt runs before tenacity is involved: nearly every request succeeds at once, and
-        # tenacity's per-call objects form reference cycles that only the cyclic GC frees; holding a
-        # batch through them roughly doubled the CPU per request (measured: 956 → 505 µs).
-        outcome = await self._attempt(job, body)
-        if outcome.action is not Action.RETRY:
-            return outcome
-        first: list[Outcome] = [outcome]
-        retrying = AsyncRetrying(
-            sleep=self._sleep,
-            stop=self._stop,
-            wait=self._wait,
-            retry=retry_if_result(_is_retry),
-            before_sleep=self._before_sleep,
-            retry_error_callback=_last_outcome,
-        )
-        result: Outcome = await retrying(self._retry_attempt, job, body, first)
-        return result
+    def _count(self, job: _Job, size: int) -> BatchResult:
+        """The batch's result, added to the counters (and logged when events stay undelivered)."""
+        rejected = len(job.rejected)
+        undelivered = len(job.undelivered)
+        self._events_rejected += rejected
+        self._events_undelivered += undelivered
+        self._events_delivered += size - rejected - undelivered
+        if undelivered:
+            self._batches_undelivered += 1
+            log.warning(
+                "batch of %d events: %d undelivered after %d requests (%s)",
+                size,
+                undelivered,
+                job.attempts,
+                job.error,
+            )
+        else:
+            self._batches_delivered += 1
+        return job.result(size)
 
-    async def _retry_attempt(self, job: _Job, body: bytes, first: list[Outcome]) -> Outcome:
-        # tenacity's attempt 1 is the one already made; it starts its wait from that outcome.
-        if first:
-            return first.pop()
-        return await self._attempt(job, body)
+    def _backing_off(self, reason: BackoffReason) -> None:
+        if self._on_backoff is not None:
+            self._on_backoff(reason)
 
-    def _wait(self, state: RetryCallState) -> float:
-        outcome = _last_outcome(state)
-        if outcome.retry_after is not None:
-            # Stripe's wait is a floor; the jitter spreads the batches that got it at the same moment.
-            return outcome.retry_after + self._random() * self.retry.initial_backoff_s
-        return self.retry.backoff(state.attempt_number, self._random())
-
-    def _stop(self, state: RetryCallState) -> bool:
-        # Give up now rather than sleep past the deadline: the batch goes back as undelivered.
-        job: _Job = state.args[0]
-        return self._clock() + state.upcoming_sleep >= job.deadline
-
-    def _before_sleep(self, state: RetryCallState) -> None:
-        job: _Job = state.args[0]
+    def _before_wait(self, job: _Job, outcome: Outcome, seconds: float) -> None:
         job.retries += 1
         self._retries += 1
-        outcome = _last_outcome(state)
         log.debug(
             "stream request failed (%s %s: %s); retry %d in %.2f s",
             outcome.status,
             outcome.code,
             outcome.message,
             job.retries,
-            state.upcoming_sleep,
+            seconds,
         )
+        self._backing_off(backoff_reason(outcome))
 
-    # -- one attempt ----------------------------------------------------------------------------
+    async def _hold_back(self, outcome: Outcome) -> None:
+        """Wait before handing back a batch Stripe asked us not to retry: ``Retry-After`` if given, else
+        the backoff for the number of such answers in a row, so the pipeline's resend comes later."""
+        self._deferrals += 1
+        self._retries += 1
+        wait = outcome.retry_after
+        if wait is None:
+            wait = self.retry.backoff(self._deferrals, self._random())
+        self._backing_off("defer")
+        await self._sleep(wait)
+
+    # -- attempts -------------------------------------------------------------------------------
+
+    async def _send_with_retries(self, job: _Job, body: bytes) -> Outcome:
+        """Send ``body`` until it is delivered, refused, or the batch's time is up (→ the last RETRY)."""
+        # The first attempt runs before tenacity is involved (see ``Retrier``): nearly all succeed.
+        outcome = await self._attempt(job, body)
+        if outcome.action is not Action.RETRY:
+            return outcome
+        return await self._retrier.resend(
+            lambda: self._attempt(job, body),
+            outcome,
+            deadline=job.deadline,
+            before_wait=lambda failed, seconds: self._before_wait(job, failed, seconds),
+        )
 
     async def _attempt(self, job: _Job, body: bytes) -> Outcome:
         """One logical attempt: a request, plus resends with a new token when the session expired."""
@@ -438,52 +339,13 @@ class MeterEventSender:
                 session = await self.sessions.current()
             except SessionUnavailable as exc:
                 return Outcome(Action.RETRY, None, "session_unavailable", str(exc), exc.retry_after)
-            window = await self.limiter.acquire()
-            try:
-                await self.bucket.acquire()
-                job.attempts += 1
-                self._requests += 1
-                response = await self._http.post(self.url, body, session.headers)
-            except TransportError as exc:
-                self.limiter.release(window)
-                self._transport_errors += 1
-                outcome = classify(exc, now=self._wall_clock())
-            except BaseException:
-                self.limiter.release(window)
-                raise
-            else:
-                outcome = classify(response, now=self._wall_clock())
-                status = outcome.status
-                self.limiter.release(
-                    window, success=outcome.action is Action.DELIVERED, overloaded=status == 429
-                )
-                if status == 429:
-                    self._rate_limited += 1
-            action = outcome.action
-            if action is Action.DELIVERED:
+            outcome = await self._post(job, body, session)
+            if outcome.action is Action.DELIVERED:
                 return outcome
-            outcome = outcome._replace(message=redact(outcome.message, session.token))
-            if action is Action.RENEW_SESSION:
-                if job.renewals >= self.max_renewals:
-                    return outcome._replace(
-                        action=Action.RETRY,
-                        message=f"session expired again after {job.renewals} renewals: {outcome.message}",
-                    )
-            elif action is Action.INVALID_TOKEN:
-                if job.invalid_token_renewed:
-                    raise FatalError(
-                        f"Stripe refused a freshly created meter event session token on {self.url} "
-                        f"(HTTP 401 {outcome.code}: {outcome.message}); check that STRIPE_METER_EVENTS_BASE "
-                        "and STRIPE_API_BASE belong to the same Stripe"
-                    )
-                job.invalid_token_renewed = True
-            elif action is Action.FATAL:
-                raise FatalError(
-                    f"Stripe refused the meter event stream request on {self.url} "
-                    f"(HTTP {outcome.status} {outcome.code}: {outcome.message})"
-                )
-            else:  # RETRY, DEFER or REJECT: tenacity and the bisection decide
-                return outcome
+            outcome = outcome._replace(message=redact(outcome.message, (session.token,)))
+            final = self._refusal(job, outcome)
+            if final is not None:
+                return final
             # RENEW_SESSION / INVALID_TOKEN: a new token and the same body, not a failed attempt.
             job.renewals += 1
             self._renewals += 1
@@ -492,6 +354,55 @@ class MeterEventSender:
                 await self.sessions.renew(session)
             except SessionUnavailable as exc:
                 return Outcome(Action.RETRY, None, "session_unavailable", str(exc), exc.retry_after)
+
+    async def _post(self, job: _Job, body: bytes, session: Session) -> Outcome:
+        """One stream request within the pacing limits, classified; the limiters learn from its answer."""
+        window = await self.limiter.acquire()
+        try:
+            await self.bucket.acquire()
+            job.attempts += 1
+            self._requests += 1
+            response = await self._http.post(self.url, body, session.headers)
+        except TransportError as exc:
+            self.limiter.release(window)
+            self._transport_errors += 1
+            return classify(exc, now=self._wall_clock())
+        except BaseException:
+            self.limiter.release(window)
+            raise
+        outcome = classify(response, now=self._wall_clock())
+        status = outcome.status
+        self.limiter.release(window, success=outcome.action is Action.DELIVERED, overloaded=status == 429)
+        if status == 429:
+            self._rate_limited += 1
+        return outcome
+
+    def _refusal(self, job: _Job, outcome: Outcome) -> Outcome | None:
+        """What a request that was not delivered comes to: None to resend it with a new token, else the
+        outcome for the retries and the bisection; raises ``FatalError`` when it stops the pipeline."""
+        action = outcome.action
+        if action is Action.RENEW_SESSION:
+            if job.renewals < self.max_renewals:
+                return None
+            return outcome._replace(
+                action=Action.RETRY,
+                message=f"session expired again after {job.renewals} renewals: {outcome.message}",
+            )
+        if action is Action.INVALID_TOKEN:
+            if job.invalid_token_renewed:
+                raise FatalError(
+                    f"Stripe refused a freshly created meter event session token on {self.url} "
+                    f"(HTTP 401 {outcome.code}: {outcome.message}); check that STRIPE_METER_EVENTS_BASE "
+                    "and STRIPE_API_BASE belong to the same Stripe"
+                )
+            job.invalid_token_renewed = True
+            return None
+        if action is Action.FATAL:
+            raise FatalError(
+                f"Stripe refused the meter event stream request on {self.url} "
+                f"(HTTP {outcome.status} {outcome.code}: {outcome.message})"
+            )
+        return outcome  # RETRY, DEFER or REJECT
 
     # -- refusals: bisect to the events Stripe refuses ------------------------------------------
 
@@ -504,14 +415,14 @@ class MeterEventSender:
         """
         if outcome.action is Action.RETRY:
             job.undelivered.extend(indices)
-            job.error = f"gave up after {job.attempts} requests: {_describe(outcome)}"
+            job.error = f"gave up after {job.attempts} requests: {outcome.describe()}"
             return
         if outcome.action is Action.DEFER:
             # Stripe-Should-Retry: false on a 429/5xx says nothing about the events: they stay
             # undelivered (resent later with the same identifiers), never dead-lettered.
             job.undelivered.extend(indices)
             job.deferred = outcome
-            job.error = f"Stripe asked not to retry the request now: {_describe(outcome)}"
+            job.error = f"Stripe asked not to retry the request now: {outcome.describe()}"
             return
         if len(indices) == 1:
             job.rejected.append(
@@ -523,16 +434,6 @@ class MeterEventSender:
             for half in (indices[:middle], indices[middle:]):
                 group.create_task(self._bisect(job, half))
 
-    async def _hold_back(self, outcome: Outcome) -> None:
-        """Wait before handing back a batch Stripe asked us not to retry: ``Retry-After`` if given, else
-        the backoff for the number of such answers in a row, so the pipeline's resend comes later."""
-        self._deferrals += 1
-        self._retries += 1
-        wait = outcome.retry_after
-        if wait is None:
-            wait = self.retry.backoff(self._deferrals, self._random())
-        await self._sleep(wait)
-
     async def _bisect(self, job: _Job, indices: list[int]) -> None:
         if self._clock() >= job.deadline:
             job.undelivered.extend(indices)
@@ -542,13 +443,3 @@ class MeterEventSender:
         outcome = await self._send_with_retries(job, orjson.dumps({"events": [docs[i] for i in indices]}))
         if outcome.action is not Action.DELIVERED:
             await self._settle(job, indices, outcome)
-
-
-def _by_index(rejected: list[Rejection]) -> tuple[Rejection, ...]:
-    return tuple(sorted(rejected, key=lambda rejection: rejection.index))
-
-
-def _describe(outcome: Outcome) -> str:
-    if outcome.status is None:
-        return f"{outcome.code}: {outcome.message}"
-    return f"HTTP {outcome.status} {outcome.code}: {outcome.message}"

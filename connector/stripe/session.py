@@ -11,32 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from connector.config.settings import Secret
+from connector.config.secrets import Redactor, Secret
 from connector.errors import FatalError, RetryableError
-from connector.stripe.http import Action, HttpClient, TransportError, classify, redact
+from connector.stripe.http import HttpClient, TransportError
+from connector.stripe.limits import DEFAULT_API_BASE, DEFAULT_API_VERSION, SESSION_PATH, key_mode, key_prefix
+from connector.stripe.outcomes import Action, classify
 
 if TYPE_CHECKING:
     from connector.config.settings import SenderSettings, StripeSettings
 
 log = logging.getLogger(__name__)
 
-SESSION_PATH = "/v2/billing/meter_event_session"
-DEFAULT_API_BASE = "https://api.stripe.com"
-DEFAULT_API_VERSION = "2024-09-30.acacia"
-_KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
 # After a failed ahead-of-time renewal, keep using the still-valid token and try again this much later,
 # rather than on every request.
 RENEWAL_RETRY_S = 1.0
-
-
-def mask_key(key: str) -> str:
-    """``sk_live_**********``: the prefix (key type and mode) and nothing of the secret part."""
-    prefix = next((p for p in _KEY_PREFIXES if key.startswith(p)), "")
-    return prefix + "**********"
-
-
-def key_mode(key: str) -> str:
-    return "live" if "_live_" in key[:8] else "test"
 
 
 class SessionUnavailable(RetryableError):
@@ -114,10 +102,12 @@ class SessionManager:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        key = api_key.reveal() if isinstance(api_key, Secret) else api_key
+        # Any secret type with ``reveal()`` (duck-typed: settings may hand over its own for a while).
+        key = api_key if isinstance(api_key, str) else api_key.reveal()
         self._http = http
-        self._api_key = Secret(key, hint=mask_key(key).rstrip("*"))  # masked in every repr
-        self._masked_key = mask_key(key)
+        self._api_key = Secret(key, hint=key_prefix(key))  # masked in every repr
+        self._masked_key = self._api_key.masked()  # sk_live_**********: the key's type and mode only
+        self._redact = Redactor([key])
         self.mode = key_mode(key)
         self.api_version = api_version
         self.url = api_base.rstrip("/") + SESSION_PATH
@@ -141,7 +131,7 @@ class SessionManager:
     ) -> SessionManager:
         return cls(
             http=http,
-            api_key=stripe.api_key,
+            api_key=stripe.api_key.reveal(),
             api_base=stripe.api_base,
             api_version=stripe.api_version,
             renew_margin_s=sender.session_renew_margin_s,
@@ -201,7 +191,7 @@ class SessionManager:
         except TransportError as exc:
             raise SessionUnavailable(f"creating a meter event session failed: {exc}") from None
         outcome = classify(response, now=self._wall_clock())
-        message = redact(outcome.message)
+        message = self._redact(outcome.message)
         where = f"HTTP {outcome.status} {outcome.code or ''}".rstrip()
         if outcome.action in (Action.RETRY, Action.DEFER):  # DEFER: not now, but not refused either
             raise SessionUnavailable(

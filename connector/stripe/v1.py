@@ -3,8 +3,8 @@
 The operator commands (``check``, ``reconcile``) need a handful of read calls, not the pipeline's
 throughput, so this is plain ``httpx.Client``: form-encoded requests (``a[b]=c``), JSON answers, list
 pagination with ``starting_after``, and v1 error bodies turned into one readable message. The key is sent
-in the ``Authorization`` header only; no message, ``repr`` or log line holds it (``redact`` guards the
-text Stripe sends back, which masks keys itself anyway).
+in the ``Authorization`` header only; no message, ``repr`` or log line holds it (the shared ``Redactor``
+guards the text Stripe sends back, which masks keys itself anyway).
 
 Errors::
 
@@ -14,37 +14,37 @@ Errors::
     ├── StripePermissionError   403: a restricted key lacks a permission
     └── StripeNotFound          404: no such object (or route)
 
-Idempotent GETs are retried a few times on 429, 5xx (but 501) and lost connections, honouring
-``Retry-After`` and ``Stripe-Should-Retry``; POSTs never are. This is a command-line client making a few
-calls: a read-heavy ``reconcile`` over thousands of customers would otherwise die on the first 429 of a
-sandbox (25 requests/s).
+Idempotent GETs are retried a few times when the outcome table (``connector.stripe.outcomes``, shared with
+the stream sender) says RETRY: 408, 409, 429, 5xx but 501, lost connections, ``Stripe-Should-Retry: true``;
+waits honour ``Retry-After`` (seconds or an HTTP date) up to a cap of their own. POSTs never are retried.
+This is a command-line client making a few calls: a read-heavy ``reconcile`` over thousands of
+customers would otherwise die on the first 429 of a sandbox (25 requests/s).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import httpx
 
-from connector.config.settings import (
-    DEFAULT_API_BASE,
-    DEFAULT_API_VERSION,
-    Secret,
-    SenderSettings,
-    StripeSettings,
-)
+from connector.config.secrets import Redactor
 from connector.errors import ConnectorError
-from connector.stripe.http import redact
+from connector.stripe.http import HttpResponse, TransportError, describe_error
+from connector.stripe.limits import DEFAULT_API_BASE, DEFAULT_API_VERSION, is_live_key, key_mode
+from connector.stripe.outcomes import Action, Outcome, classify
+
+if TYPE_CHECKING:
+    from connector.config.secrets import Secret
+    from connector.config.settings import SenderSettings, StripeSettings
 
 MAX_PAGE = 100  # Stripe's largest list page
 WINDOWS = ("hour", "day")  # value_grouping_window choices of meter event summaries
-_RETRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+# A command-line client waits at most this long between tries, whatever Retry-After asks.
 _MAX_RETRY_WAIT_S = 20.0
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
@@ -187,7 +187,8 @@ class StripeClient:
     """Synchronous v1 calls with the secret key. Use as a context manager, or call ``close()``.
 
     ``transport`` is a seam for tests (any ``httpx.BaseTransport``); ``sleep`` is the wait between
-    retries of a GET (``max_retries`` of them, 0 to disable).
+    retries of a GET (``max_retries`` of them, 0 to disable); ``wall_clock`` (unix seconds) reads
+    ``Retry-After`` dates.
     """
 
     def __init__(
@@ -200,13 +201,17 @@ class StripeClient:
         transport: httpx.BaseTransport | None = None,
         max_retries: int = 2,
         sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        key = api_key.reveal() if isinstance(api_key, Secret) else api_key
-        self._key = key
+        # Any secret type with ``reveal()`` (duck-typed: settings may hand over its own for a while).
+        key = api_key if isinstance(api_key, str) else api_key.reveal()
+        self._clean = Redactor([key])
         self.api_base = api_base.rstrip("/")
-        self.livemode = "_live_" in key[:8]
+        self.livemode = is_live_key(key)
+        self.mode = key_mode(key)  # "live" or "test": Stripe keeps the two modes' data apart
         self.max_retries = max_retries
         self._sleep = sleep
+        self._wall_clock = wall_clock
         headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
         if api_version:
             headers["Stripe-Version"] = api_version
@@ -227,12 +232,7 @@ class StripeClient:
                 sender.http_read_timeout_s, connect=sender.http_connect_timeout_s
             )
         options.update(overrides)
-        return cls(stripe.api_key, **options)
-
-    @property
-    def mode(self) -> str:
-        """``"live"`` or ``"test"``, from the key's prefix (Stripe keeps the two modes' data apart)."""
-        return "live" if self.livemode else "test"
+        return cls(stripe.api_key.reveal(), **options)
 
     def __repr__(self) -> str:
         return f"StripeClient(api_base={self.api_base!r}, mode={self.mode!r})"
@@ -247,32 +247,35 @@ class StripeClient:
         attempt = 0
         while True:
             try:
-                if method == "GET":
-                    url = f"{path}?{urlencode(pairs)}" if pairs else path
-                    response = self._http.request(method, url)
-                else:
-                    response = self._http.request(
-                        method,
-                        path,
-                        content=urlencode(pairs).encode(),
-                        headers={"Content-Type": "application/x-www-form-urlencoded"},
-                    )
+                response = self._send(method, path, pairs)
             except httpx.HTTPError as exc:  # timeouts, refused connections, TLS, DNS, protocol errors
                 error: StripeApiError = StripeConnectionError(
                     self._clean(
-                        f"could not reach Stripe at {self.api_base} ({method} {path}): {_describe(exc)}"
+                        f"could not reach Stripe at {self.api_base} ({method} {path}): {describe_error(exc)}"
                     )
                 )
-                wait: float | None = _backoff(attempt)
+                failure = TransportError(_transport_kind(exc), describe_error(exc))
+                outcome = classify(failure, now=self._wall_clock())
             else:
                 if response.is_success:
                     return self._json(response, method, path)
                 error = self._error(response, method, path)
-                wait = self._retry_wait(response, attempt)
-            if method != "GET" or wait is None or attempt >= self.max_retries:
+                answer = HttpResponse(response.status_code, response.headers, response.content)
+                outcome = classify(answer, now=self._wall_clock())
+            if method != "GET" or outcome.action is not Action.RETRY or attempt >= self.max_retries:
                 raise error
+            self._sleep(_retry_wait(outcome, attempt))
             attempt += 1
-            self._sleep(wait)
+
+    def _send(self, method: str, path: str, pairs: list[tuple[str, str]]) -> httpx.Response:
+        if method == "GET":
+            return self._http.request(method, f"{path}?{urlencode(pairs)}" if pairs else path)
+        return self._http.request(
+            method,
+            path,
+            content=urlencode(pairs).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
 
     def get(self, path: str, params: Mapping[str, FormValue] | None = None) -> dict[str, Any]:
         return self.request("GET", path, params)
@@ -380,9 +383,6 @@ class StripeClient:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _clean(self, text: str) -> str:
-        return redact(text, self._key)
-
     def _json(self, response: httpx.Response, method: str, path: str) -> dict[str, Any]:
         try:
             document = response.json()
@@ -431,23 +431,6 @@ class StripeClient:
             detail=self._clean(message),
         )
 
-    def _retry_wait(self, response: httpx.Response, attempt: int) -> float | None:
-        should = response.headers.get("Stripe-Should-Retry")
-        if should == "false":
-            return None
-        if should != "true" and response.status_code not in _RETRY_STATUSES:
-            return None
-        wait = _backoff(attempt)
-        after = response.headers.get("Retry-After")
-        if after is not None:
-            try:
-                seconds = float(after)
-            except ValueError:
-                seconds = 0.0
-            if math.isfinite(seconds) and seconds > 0:
-                wait = max(wait, min(seconds, _MAX_RETRY_WAIT_S))
-        return wait
-
 
 _HINTS = {
     401: " (check STRIPE_API_KEY: it must be a current secret or restricted key of this account)",
@@ -455,13 +438,19 @@ _HINTS = {
 }
 
 
-def _backoff(attempt: int) -> float:
-    return min(0.5 * 2.0**attempt, _MAX_RETRY_WAIT_S)
+def _transport_kind(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    return "connect" if isinstance(exc, httpx.ConnectError) else "protocol"
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+def _retry_wait(outcome: Outcome, attempt: int) -> float:
+    """The wait before try ``attempt + 2``: the backoff, or Stripe's ``Retry-After`` when longer (both
+    capped, so a command never hangs for minutes on a sandbox's rate limit)."""
+    wait = min(0.5 * 2.0**attempt, _MAX_RETRY_WAIT_S)
+    if outcome.retry_after is not None and outcome.retry_after > 0:
+        wait = max(wait, min(outcome.retry_after, _MAX_RETRY_WAIT_S))
+    return wait
 
 
 def _snippet(response: httpx.Response) -> str:

@@ -170,7 +170,7 @@ async def test_httpx_client_over_asgi_sends_identity() -> None:
 async def test_a_compressed_session_expiry_is_read_as_one() -> None:
     # A proxy that gzips whatever it is asked: the 401 must still say "session expired", not be
     # taken for a refused token (which would stop the pipeline after one renewal).
-    from connector.stripe.http import Action, classify
+    from connector.stripe.outcomes import Action, classify
 
     expired = {
         "error": {

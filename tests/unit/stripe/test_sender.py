@@ -13,23 +13,16 @@ import httpx
 import orjson
 import pytest
 
+from connector.config.secrets import redact
 from connector.config.settings import Secret, SenderSettings, StripeSettings
 from connector.devtools.emulator import EmulatorConfig, ManualClock, create_app
 from connector.devtools.emulator.app import EmulatorApp
 from connector.errors import FatalError, StripeRejected
 from connector.records import MeterEvent
-from connector.stripe.http import (
-    Action,
-    AiohttpClient,
-    HttpResponse,
-    HttpxClient,
-    Outcome,
-    TransportError,
-    classify,
-    parse_retry_after,
-    redact,
-)
-from connector.stripe.sender import BatchResult, MeterEventSender, Rejection, RetryPolicy
+from connector.stripe.http import AiohttpClient, HttpResponse, HttpxClient
+from connector.stripe.results import BatchResult, Rejection
+from connector.stripe.retry import RetryPolicy
+from connector.stripe.sender import MeterEventSender
 
 pytestmark = pytest.mark.anyio
 
@@ -119,7 +112,7 @@ async def emu() -> AsyncIterator[Emu]:
     await emulator.http.aclose()
 
 
-# ------------------------------------------------------------------------------------ outcome table
+# ------------------------------------------------------------------------------- answers and policy
 
 
 def response(
@@ -134,88 +127,8 @@ INVALID_TOKEN = {"type": "invalid_request_error", "code": "invalid_session_token
 BAD_PARAM = {"type": "invalid_request_error", "code": "parameter_invalid", "message": "events[0] bad"}
 API_ERROR = {"type": "api_error", "code": "internal_error", "message": "boom"}
 
-TABLE: list[tuple[str, HttpResponse | TransportError, Action]] = [
-    ("200", response(200, raw=b"{}"), Action.DELIVERED),
-    ("202", response(202), Action.DELIVERED),
-    ("200 + should-retry true", response(200, headers={"Stripe-Should-Retry": "true"}), Action.DELIVERED),
-    ("401 expired", response(401, EXPIRED), Action.RENEW_SESSION),
-    (
-        "401 expired by code",
-        response(401, {"code": "billing_meter_event_session_expired"}),
-        Action.RENEW_SESSION,
-    ),
-    (
-        "401 expired + should-retry false",
-        response(401, EXPIRED, {"Stripe-Should-Retry": "false"}),
-        Action.RENEW_SESSION,
-    ),
-    ("401 invalid token", response(401, INVALID_TOKEN), Action.INVALID_TOKEN),
-    ("401 without body", response(401, raw=b"Unauthorized"), Action.INVALID_TOKEN),
-    ("400", response(400, BAD_PARAM), Action.REJECT),
-    ("402", response(402, BAD_PARAM), Action.REJECT),
-    ("413", response(413, raw=b"too large"), Action.REJECT),
-    ("422", response(422, BAD_PARAM), Action.REJECT),
-    ("400 + should-retry true", response(400, BAD_PARAM, {"Stripe-Should-Retry": "true"}), Action.RETRY),
-    ("403", response(403, {"code": "secret_key_required"}), Action.FATAL),
-    ("404", response(404, {"code": "not_found"}), Action.FATAL),
-    ("405", response(405), Action.FATAL),
-    ("415", response(415), Action.FATAL),
-    ("501", response(501, API_ERROR), Action.FATAL),
-    ("302", response(302), Action.FATAL),
-    ("404 + should-retry true", response(404, headers={"Stripe-Should-Retry": "true"}), Action.RETRY),
-    ("408", response(408), Action.RETRY),
-    ("409", response(409, {"code": "lock_timeout"}), Action.RETRY),
-    ("429", response(429, {"code": "rate_limit"}), Action.RETRY),
-    ("500", response(500, API_ERROR), Action.RETRY),
-    ("502 html", response(502, raw=b"<html>bad gateway</html>"), Action.RETRY),
-    ("503", response(503, API_ERROR), Action.RETRY),
-    ("599", response(599), Action.RETRY),
-    # "Do not retry" on an answer about the request, not the events: undelivered, never rejected.
-    ("500 + should-retry false", response(500, API_ERROR, {"Stripe-Should-Retry": "false"}), Action.DEFER),
-    ("429 + should-retry false", response(429, headers={"stripe-should-retry": "False"}), Action.DEFER),
-    ("400 + should-retry false", response(400, BAD_PARAM, {"Stripe-Should-Retry": "false"}), Action.REJECT),
-    ("404 + should-retry false", response(404, headers={"Stripe-Should-Retry": "false"}), Action.FATAL),
-    ("503 + should-retry true", response(503, headers={"Stripe-Should-Retry": "true"}), Action.RETRY),
-    ("timeout", TransportError("timeout", "ReadTimeout"), Action.RETRY),
-    ("connect", TransportError("connect", "ConnectError"), Action.RETRY),
-    ("dropped", TransportError("protocol", "RemoteProtocolError"), Action.RETRY),
-]
-
-
-@pytest.mark.parametrize(("answer", "action"), [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
-def test_outcome_table(answer: HttpResponse | TransportError, action: Action) -> None:
-    assert classify(answer, now=NOW).action is action
-
-
-def test_outcome_carries_stripes_code_message_and_retry_after() -> None:
-    outcome = classify(
-        response(429, {"code": "rate_limit", "message": "slow down"}, {"Retry-After": "3"}), now=NOW
-    )
-    assert outcome == Outcome(Action.RETRY, 429, "rate_limit", "slow down", 3.0)
-    bare = classify(response(503, raw=b"oops"), now=NOW)
-    assert bare.code is None and bare.message == "HTTP 503 without a Stripe error body"
-    assert classify(TransportError("timeout", "x"), now=NOW).status is None
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("5", 5.0),
-        ("0.5", 0.5),
-        ("-3", 0.0),
-        (email.utils.formatdate(NOW + 30, usegmt=True), 30.0),
-        (email.utils.formatdate(NOW - 30, usegmt=True), 0.0),
-        ("soon", None),
-        ("nan", None),
-        (None, None),
-    ],
-)
-def test_retry_after_parsing(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value, NOW) == expected
-
-
 def test_redact_masks_given_secrets_and_key_shapes() -> None:
-    text = redact(f"token mes_tok_abc and key {KEY} and sk_live_0123456789abc", "mes_tok_abc")
+    text = redact(f"token mes_tok_abc and key {KEY} and sk_live_0123456789abc", ["mes_tok_abc"])
     assert "mes_tok_abc" not in text and KEY[8:] not in text and "0123456789abc" not in text
     assert "sk_live_**********" in text
 
@@ -731,3 +644,93 @@ async def test_from_settings_maps_every_field() -> None:
 async def test_a_sender_needs_a_key_or_a_session_manager() -> None:
     with pytest.raises(ValueError):
         MeterEventSender()
+
+
+# ------------------------------------------------------------------------------ back-off signal
+
+
+class Backoffs:
+    """Records each ``on_backoff`` call with the thread it ran on and the sleeps already taken then."""
+
+    def __init__(self, emu: Emu | None = None) -> None:
+        self.emu = emu
+        self.reasons: list[str] = []
+        self.threads: set[int] = set()
+        self.sleeps_before: list[int] = []
+
+    def __call__(self, reason: str) -> None:
+        import threading
+
+        self.reasons.append(reason)
+        self.threads.add(threading.get_ident())
+        if self.emu is not None:
+            self.sleeps_before.append(len(self.emu.sleeps))
+
+
+async def test_no_backoff_signal_for_batches_delivered_at_once(emu: Emu) -> None:
+    seen = Backoffs(emu)
+    async with emu.sender(on_backoff=seen) as sender:
+        await asyncio.gather(*(sender.send(events(f"quick{n}", 5)) for n in range(20)))
+        emu.faults(expire_tokens=True)  # a renewal is not a back-off
+        assert (await sender.send(events("renewed", 2))).renewals == 1
+    assert seen.reasons == []
+
+
+async def test_each_retry_wait_is_signalled_with_its_reason_as_it_starts(emu: Emu) -> None:
+    import threading
+
+    emu.transport.failures = [httpx.ReadTimeout("slow")]
+    http = ScriptedStream(
+        [
+            response(429, {"code": "rate_limit"}),
+            response(503, API_ERROR),
+            response(200, raw=b"{}"),
+        ]
+    )
+    seen = Backoffs(emu)
+    async with emu.sender(on_backoff=seen) as sender:
+        assert (await sender.send(events("timeout"))).retries == 1
+    scripted = MeterEventSender(
+        api_key=KEY, http=http, clock=emu.clock, wall_clock=emu.clock, sleep=emu.sleep, on_backoff=seen
+    )
+    result = await scripted.send(events("statuses"))
+    assert result.status == "delivered" and result.retries == 2
+    assert seen.reasons == ["transport", "rate_limited", "other"]
+    assert seen.sleeps_before == [0, 1, 2], "signalled before each wait, not after it"
+    assert seen.threads == {threading.get_ident()}, "on the sender's event-loop thread"
+    assert len(seen.reasons) == sender.stats().retries + scripted.stats().retries
+
+
+async def test_the_hold_back_after_do_not_retry_is_signalled_as_defer() -> None:
+    emu = Emu(EmulatorConfig(seed=3))
+    emu.http = HttpxClient(transport=DoNotRetry(emu.transport, 503, count=1))
+    seen = Backoffs(emu)
+    async with emu.sender(on_backoff=seen) as sender:
+        assert (await sender.send(events("dnr-signal", 3))).undelivered == (0, 1, 2)
+        assert seen.reasons == ["defer"] and seen.sleeps_before == [0]
+        assert (await sender.send(events("dnr-signal", 3))).status == "delivered"
+    assert seen.reasons == ["defer"]
+    await emu.http.aclose()
+
+
+async def test_from_settings_passes_on_backoff_through() -> None:
+    stripe = StripeSettings(api_key=Secret(KEY, "sk_test_"), api_base=BASE, meter_events_base=BASE)
+    reasons: list[str] = []
+    http = ScriptedStream([response(500, API_ERROR), response(200, raw=b"{}")])
+    clock = ManualClock(NOW)
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    sender = MeterEventSender.from_settings(
+        stripe,
+        SenderSettings(),
+        http=http,
+        clock=clock,
+        wall_clock=clock,
+        sleep=sleep,
+        on_backoff=reasons.append,
+    )
+    assert (await sender.send(events("settings"))).status == "delivered"
+    assert reasons == ["other"]
+    await sender.aclose()

@@ -330,3 +330,45 @@ def test_a_meters_event_time_window_is_read(client: StripeClient) -> None:
     by_name = {m.event_name: m for m in client.list_meters()}
     assert by_name["hourly_events"].event_time_window == "hour"
     assert by_name["plain_events"].event_time_window is None
+
+
+def test_gets_retry_exactly_what_the_outcome_table_calls_retry() -> None:
+    # The same table as the stream sender: 408 and Stripe-Should-Retry: true are retried, 501 is not,
+    # and Stripe-Should-Retry: false on a 429 (DEFER) is not retried either.
+    transport, seen = scripted(
+        httpx.Response(408, text="timeout"),
+        httpx.Response(400, headers={"Stripe-Should-Retry": "true"}, json={"error": {"message": "again"}}),
+        httpx.Response(200, json={"object": "list", "data": [], "has_more": False}),
+    )
+    waits: list[float] = []
+    with StripeClient(KEY, api_base="http://x", transport=transport, sleep=waits.append) as client:
+        assert client.list_meters() == []
+    assert len(seen) == 3 and waits == [0.5, 1.0]
+    for answer in (
+        httpx.Response(501, json={"error": {"type": "api_error", "message": "not implemented"}}),
+        httpx.Response(429, headers={"Stripe-Should-Retry": "false"}, json={"error": {"message": "no"}}),
+    ):
+        transport, seen = scripted(answer)
+        with (
+            StripeClient(KEY, api_base="http://x", transport=transport, sleep=waits.append) as client,
+            pytest.raises(StripeApiError, match=str(answer.status_code)),
+        ):
+            client.list_meters()
+        assert len(seen) == 1
+
+
+def test_retry_after_as_an_http_date_is_honoured_up_to_the_cap() -> None:
+    import email.utils
+
+    answers = [
+        httpx.Response(503, headers={"Retry-After": email.utils.formatdate(NOW + 7, usegmt=True)}),
+        httpx.Response(503, headers={"Retry-After": email.utils.formatdate(NOW + 600, usegmt=True)}),
+        httpx.Response(200, json={"id": "mtr_1", "event_name": "x", "status": "active"}),
+    ]
+    transport, _ = scripted(*answers)
+    waits: list[float] = []
+    with StripeClient(
+        KEY, api_base="http://x", transport=transport, sleep=waits.append, wall_clock=lambda: NOW
+    ) as client:
+        client.meter("mtr_1")
+    assert waits == [7.0, 20.0]  # Stripe's date, then the client's own cap on a wait
