@@ -13,6 +13,7 @@ MIN_API_VERSION_DATE = dt.date(2024, 9, 30)
 STREAM_PATH = "/v2/billing/meter_event_stream"
 SESSION_PATH = "/v2/billing/meter_event_session"
 MAX_EVENTS_PER_REQUEST = 100  # meter_event_stream takes 1 to 100 events per request
+MAX_LIST_PAGE = 100  # the largest page a v1 list returns (``limit``)
 MAX_IDENTIFIER_LENGTH = 100  # an event's identifier, and a meter's event_name
 MAX_SIGNIFICANT_DIGITS = 15  # a meter event value
 MAX_PAST_SECONDS = 35 * 24 * 3600  # events may be up to 35 days old

@@ -1,5 +1,8 @@
 """Sending batches of meter events to Stripe's meter event stream: attempts, session renewals, bisection of
-refused events, pacing, and the back-off signal; the retry policy is ``retry``, the results ``results``."""
+refused events, pacing, and the back-off signal; the retry policy is ``retry``, the results ``results``.
+
+(Over 400 lines: one class whose attempt loop, renewals and bisection share each batch's bookkeeping.)
+"""
 
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ from connector.stripe.limits import (
     DEFAULT_METER_EVENTS_BASE,
     LIVE_RATE_LIMIT_RPS,
     MAX_EVENTS_PER_REQUEST,
+    STREAM_PATH,
 )
-from connector.stripe.limits import STREAM_PATH as STREAM_PATH  # re-exported for connector.commands.check
 from connector.stripe.outcomes import Action, Outcome, classify
 from connector.stripe.ratelimit import AimdLimiter, TokenBucket
 from connector.stripe.results import BatchResult as BatchResult  # re-exported for pipeline, telemetry

@@ -1,5 +1,7 @@
 """A small synchronous client for Stripe's v1 API: meters, meter event summaries, prices, plans, adjustments.
 
+(Over 400 lines: one client of one API, whose errors, values and form coding are read together.)
+
 The operator commands (``check``, ``reconcile``) need a handful of read calls, not the pipeline's
 throughput, so this is plain ``httpx.Client``: form-encoded requests (``a[b]=c``), JSON answers, list
 pagination with ``starting_after``, and v1 error bodies turned into one readable message. The key is sent
@@ -35,15 +37,19 @@ import httpx
 from connector.config.secrets import Redactor
 from connector.errors import ConnectorError
 from connector.stripe.http import HttpResponse, TransportError, describe_error
-from connector.stripe.limits import DEFAULT_API_BASE, DEFAULT_API_VERSION, is_live_key, key_mode
+from connector.stripe.limits import (
+    DEFAULT_API_BASE,
+    DEFAULT_API_VERSION,
+    MAX_LIST_PAGE,
+    is_live_key,
+    key_mode,
+)
 from connector.stripe.outcomes import Action, Outcome, classify
 
 if TYPE_CHECKING:
     from connector.config.secrets import Secret
     from connector.config.settings import SenderSettings, StripeSettings
 
-MAX_PAGE = 100  # Stripe's largest list page
-WINDOWS = ("hour", "day")  # value_grouping_window choices of meter event summaries
 # A command-line client waits at most this long between tries, whatever Retry-After asks.
 _MAX_RETRY_WAIT_S = 20.0
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -284,7 +290,7 @@ class StripeClient:
         return self.request("POST", path, params)
 
     def list_all(
-        self, path: str, params: Mapping[str, FormValue] | None = None, *, page_size: int = MAX_PAGE
+        self, path: str, params: Mapping[str, FormValue] | None = None, *, page_size: int = MAX_LIST_PAGE
     ) -> Iterator[dict[str, Any]]:
         """Every item of a v1 list, page by page (``starting_after`` the last id of each page)."""
         query: dict[str, FormValue] = {**(params or {}), "limit": page_size}
