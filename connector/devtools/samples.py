@@ -22,6 +22,13 @@ ATTRIBUTES: Mapping[str, Sequence[str]] = {
     "region": ("us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2"),
     "endpoint": ("/v1/search", "/v1/embeddings", "/v1/chat/completions", "/v1/images"),
 }
+# A wider set for benchmarks: with ``attribute_keys=(1, 3)`` records carry one to three of these.
+WIDE_ATTRIBUTES: Mapping[str, Sequence[str]] = {
+    "region": ("us-east-1", "eu-west-1", "ap-south-1"),
+    "plan": ("free", "pro", "enterprise"),
+    "feature": ("search", "export", "api", "sync"),
+    "model": ("small", "medium", "large"),
+}
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 

@@ -34,6 +34,23 @@ def check_stream_body(body: bytes, new_identifier: Callable[[], str]) -> tuple[i
     Event contents (meter, customer, value, timestamp range) are Stripe's asynchronous checks and are
     not looked at here.
     """
+    events = _events(body)
+    count = len(events)
+    if not 0 < count <= MAX_EVENTS_PER_REQUEST:
+        raise ApiError(
+            400,
+            f"events must contain between 1 and {MAX_EVENTS_PER_REQUEST} events; got {count}.",
+            code="parameter_invalid",
+        )
+    generated: dict[int, str] | None = None
+    if _scan(events):
+        # Stripe generates identifiers for events without one; they are fixed now, at receipt.
+        generated = {i: new_identifier() for i, e in enumerate(events) if e.get("identifier") is None}
+    return count, generated
+
+
+def _events(body: bytes) -> list[Any]:
+    """The body's ``events`` array; the 400 for a body that is not ``{"events": [...]}``."""
     try:
         document = _loads(body)
     except orjson.JSONDecodeError:
@@ -48,18 +65,15 @@ def check_stream_body(body: bytes, new_identifier: Callable[[], str]) -> tuple[i
         if events is None:
             raise ApiError(400, "Missing required param: events.", code="parameter_missing")
         raise ApiError(400, "events must be an array.", code="parameter_invalid")
-    count = len(events)
-    if not 0 < count <= MAX_EVENTS_PER_REQUEST:
-        raise ApiError(
-            400,
-            f"events must contain between 1 and {MAX_EVENTS_PER_REQUEST} events; got {count}.",
-            code="parameter_invalid",
-        )
+    return events
+
+
+def _scan(events: list[Any]) -> bool:
+    """Check every event's shape; True if any has no identifier. Raises the 400 for the first problem."""
     # This loop bounds the emulator's throughput, hence the inlined checks and the subscripts that
     # fail into the except clause, where ``_event_error`` works out what was wrong.
     fields = EVENT_FIELDS
     fromisoformat = _fromisoformat
-    generated: dict[int, str] | None = None
     anonymous = False
     event: Any = None
     try:
@@ -103,10 +117,7 @@ def check_stream_body(body: bytes, new_identifier: Callable[[], str]) -> tuple[i
                 raise _Rejected
     except (_Rejected, KeyError, TypeError, AttributeError, IndexError, ValueError):
         raise _event_error(_position(events, event), event) from None
-    if anonymous:
-        # Stripe generates identifiers for events without one; they are fixed now, at receipt.
-        generated = {i: new_identifier() for i, e in enumerate(events) if e.get("identifier") is None}
-    return count, generated
+    return anonymous
 
 
 def _event_error(index: int, event: object) -> ApiError:
