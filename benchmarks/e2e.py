@@ -79,10 +79,10 @@ import fastavro
 import httpx
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from benchmarks.mapping import make_records
 from connector.config.settings import topic_env_key
 from connector.devtools.broker import EmbeddedBroker, die_with_parent
 from connector.devtools.emulator import EmulatorProcess
+from connector.devtools.samples import WIDE_ATTRIBUTES, SampleRecords, random_customer_ids
 from tests.support.harness import API_KEY, connector_env, create_meter, encode, produce
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,14 +130,19 @@ QUICK_LATENCIES = ["0"]
 
 
 def records_now(count: int, seed: int = 42) -> Iterator[dict[str, Any]]:
-    """``benchmarks/mapping.py``'s realistic records (a third with identifiers, mixed value types, zero to
-    three attributes), moved so that their timestamps lie in the hour before now (Stripe's window)."""
-    from benchmarks.mapping import NOW_MS
-
-    shift = int(time.time() * 1000) - NOW_MS
-    for record in make_records(count, 0, random.Random(seed)):
-        record["timestamp"] += shift
-        yield record
+    """Realistic records from the one sample generator (2,000 customers, a third with identifiers, every
+    value type, zero to three attributes), in rough time order over the hour before now (Stripe's window)."""
+    samples = SampleRecords(
+        random_customer_ids(2_000, random.Random(seed)),
+        seed=seed,
+        identifier_share=0.33,
+        attribute_share=0.8,
+        attributes=WIDE_ATTRIBUTES,
+        attribute_keys=(1, 3),
+    )
+    hour_ms = 3_600_000
+    # One million records would span the hour; fewer cover its start, as benchmarks/mapping.py's do.
+    return samples.spread(count, int(time.time() * 1000) - hour_ms, hour_ms, 1_000_000, jitter_ms=2_000)
 
 
 def encode_all(records: Iterator[dict[str, Any]]) -> Iterator[tuple[bytes | None, bytes]]:
