@@ -265,80 +265,15 @@ class MeterLedger:
         are done; returns how many were."""
         handled = accepted = valid = 0
         judging = _Judging()
-        known = judging.known
         pending = self._pending
-        seen = self._seen
-        claim = seen.setdefault
-        size = len(seen)
-        judge = self._judge
-        active = self._active
-        usage = self._usage
-        seconds = self._second_cache
         while pending and (limit is None or handled < limit):
             batch = pending.popleft()
             events = batch.events()
-            count = len(events)
-            status = batch.status = bytearray(count)
-            received_at = batch.received_at
-            earliest = received_at - MAX_PAST
-            latest = received_at + MAX_FUTURE
-            generated = batch.generated
-            judged_by = batch.meters
-            for index, event in enumerate(events):
-                identifier = event.get("identifier")
-                if identifier is None:
-                    assert generated is not None
-                    identifier = generated[index]
-                # One probe of the (large) dedup index per event: claim the identifier, and tell a
-                # new claim from a repeat within this request by whether the index grew.
-                first = claim(identifier, batch)
-                if first is batch:
-                    if len(seen) == size:
-                        status[index] = DUPLICATE
-                        continue
-                    size += 1
-                elif received_at - first.received_at < DEDUP_WINDOW:
-                    # Receipt times, not the time of this pass, decide what is a duplicate.
-                    status[index] = DUPLICATE
-                    continue
-                else:
-                    seen[identifier] = batch  # the earlier copy is more than 24 hours older
-                accepted += 1
-                # Fast path, inlined, for the common valid event: a plain sum/count meter, a UTC
-                # timestamp whose second was parsed before, a known customer, an integer value.
-                # Anything else, or anything missing from the caches, goes to ``_judge``.
-                name = event["event_name"]
-                meter = active.get(name)
-                raw = event.get("timestamp")
-                if meter is not None and meter.plain and type(raw) is str and raw[-1] == "Z":
-                    base = seconds.get(raw[:19])
-                    if base is not None:
-                        fraction = raw[19:-1]
-                        timestamp = base + float(fraction) if fraction else base
-                        payload = event["payload"]
-                        customer = payload.get(meter.customer_key)
-                        value = payload.get(meter.value_key)
-                        if (
-                            earliest <= timestamp <= latest
-                            and customer is not None
-                            and value is not None
-                            and known.get(customer)
-                            and value.isdigit()
-                            and len(value) <= MAX_SIGNIFICANT_DIGITS
-                        ):
-                            minutes = usage.get(meter.id, {}).get(customer)
-                            bucket = None if minutes is None else minutes.get(int(timestamp // 60) * 60)
-                            if bucket is None:
-                                bucket = self._bucket(meter.id, customer, timestamp)
-                            bucket.count += 1
-                            bucket.whole += int(value)
-                            if name not in judged_by:
-                                judged_by[name] = meter
-                            status[index] = VALID
-                            valid += 1
-                            continue
-                status[index] = judge(batch, index, event, judging)
-            handled += count
+            batch.status = bytearray(len(events))
+            fresh = self._claim(batch, events)
+            accepted += len(fresh)
+            valid += self._validate(batch, events, fresh, judging)
+            handled += len(events)
             self._processed.append(batch)
         if handled:
             self.pending_events -= handled
@@ -352,6 +287,90 @@ class MeterLedger:
             self._thin_by_id[thin.id] = thin
         self._expire(now)
         return handled
+
+    def _claim(self, batch: _Batch, events: list[dict[str, Any]]) -> list[int]:
+        """Deduplicate one request: marks repeats DUPLICATE and returns the indexes of first copies."""
+        seen = self._seen
+        claim = seen.setdefault
+        size = len(seen)
+        status = batch.status
+        received_at = batch.received_at
+        generated = batch.generated
+        fresh: list[int] = []
+        for index, event in enumerate(events):
+            identifier = event.get("identifier")
+            if identifier is None:
+                assert generated is not None
+                identifier = generated[index]
+            # One probe of the (large) dedup index per event: claim the identifier, and tell a
+            # new claim from a repeat within this request by whether the index grew.
+            first = claim(identifier, batch)
+            if first is batch:
+                if len(seen) == size:
+                    status[index] = DUPLICATE
+                    continue
+                size += 1
+            elif received_at - first.received_at < DEDUP_WINDOW:
+                # Receipt times, not the time of this pass, decide what is a duplicate.
+                status[index] = DUPLICATE
+                continue
+            else:
+                seen[identifier] = batch  # the earlier copy is more than 24 hours older
+            fresh.append(index)
+        return fresh
+
+    def _validate(
+        self, batch: _Batch, events: list[dict[str, Any]], fresh: list[int], judging: _Judging
+    ) -> int:
+        """Stripe's asynchronous checks of a request's first copies; returns how many the fast path
+        found valid (``_judge`` counts its own)."""
+        known = judging.known
+        judge = self._judge
+        active = self._active
+        usage = self._usage
+        seconds = self._second_cache
+        status = batch.status
+        earliest = batch.received_at - MAX_PAST
+        latest = batch.received_at + MAX_FUTURE
+        judged_by = batch.meters
+        valid = 0
+        for index in fresh:
+            event = events[index]
+            # Fast path, inlined, for the common valid event: a plain sum/count meter, a UTC
+            # timestamp whose second was parsed before, a known customer, an integer value.
+            # Anything else, or anything missing from the caches, goes to ``_judge``.
+            name = event["event_name"]
+            meter = active.get(name)
+            raw = event.get("timestamp")
+            if meter is not None and meter.plain and type(raw) is str and raw[-1] == "Z":
+                base = seconds.get(raw[:19])
+                if base is not None:
+                    fraction = raw[19:-1]
+                    timestamp = base + float(fraction) if fraction else base
+                    payload = event["payload"]
+                    customer = payload.get(meter.customer_key)
+                    value = payload.get(meter.value_key)
+                    if (
+                        earliest <= timestamp <= latest
+                        and customer is not None
+                        and value is not None
+                        and known.get(customer)
+                        and value.isdigit()
+                        and len(value) <= MAX_SIGNIFICANT_DIGITS
+                    ):
+                        minutes = usage.get(meter.id, {}).get(customer)
+                        bucket = None if minutes is None else minutes.get(int(timestamp // 60) * 60)
+                        if bucket is None:
+                            bucket = self._bucket(meter.id, customer, timestamp)
+                        bucket.count += 1
+                        bucket.whole += int(value)
+                        if name not in judged_by:
+                            judged_by[name] = meter
+                        status[index] = VALID
+                        valid += 1
+                        continue
+            status[index] = judge(batch, index, event, judging)
+        return valid
 
     def _event_time(self, raw: object, received_at: float) -> float:
         if raw is None:
@@ -377,65 +396,30 @@ class MeterLedger:
         received_at = batch.received_at
         timestamp = self._event_time(event.get("timestamp"), received_at)
         meter = self._active.get(name)
+        problem: tuple[str, str] | None
         if meter is None:
             archived = judging.archived
             if name not in archived:
                 archived[name] = self._latest_inactive(name)
             meter = archived[name]
             if meter is None:
-                code = "no_meter"
-                message = f"No active meter was found for event_name '{name}'."
+                problem = ("no_meter", f"No active meter was found for event_name '{name}'.")
             else:
-                code = "archived_meter"
-                message = f"The meter {meter.id} for event_name '{name}' is inactive."
-        elif timestamp < received_at - MAX_PAST:
-            code = "timestamp_too_far_in_past"
-            message = "Timestamp must be within the past 35 days."
-        elif timestamp > received_at + MAX_FUTURE:
-            code = "timestamp_in_future"
-            message = "Timestamp must not be more than 5 minutes in the future."
+                problem = ("archived_meter", f"The meter {meter.id} for event_name '{name}' is inactive.")
         else:
-            customer = payload.get(meter.customer_key)
-            value = payload.get(meter.value_key)
-            known = judging.known
-            if customer is None:
-                code = "meter_event_no_customer_defined"
-                message = f"Customer mapping key {meter.customer_key} not found in payload."
-            elif not (
-                known[customer]
-                if customer in known
-                else known.setdefault(customer, self._customer_known(customer))
-            ):
-                code = "meter_event_customer_not_found"
-                message = f"No customer found with id '{customer}'."
-            elif value is None:
-                code = "meter_event_value_not_found"
-                message = f"Value key {meter.value_key} not found in payload."
-            elif (
-                not (value.isdigit() and len(value) <= MAX_SIGNIFICANT_DIGITS) and _VALUE.match(value) is None
-            ):
-                code = "meter_event_invalid_value"
-                message = f"Value '{value}' for key {meter.value_key} is not a decimal number."
-            elif not self._decimal_values and "." in value:
-                # Stricter than needed on purpose: even ``12.0`` is refused.
-                code = "meter_event_invalid_value"
-                message = (
-                    f"Value '{value}' for key {meter.value_key} is not a whole number: this account "
-                    "accepts whole-number values only (decimal values are enabled per account by Stripe)."
-                )
-            elif len(value) > MAX_SIGNIFICANT_DIGITS and _significant_digits(value) > MAX_SIGNIFICANT_DIGITS:
-                code = "meter_event_value_too_many_digits"
-                message = f"Value '{value}' has more than {MAX_SIGNIFICANT_DIGITS} significant digits."
-            else:
+            problem = self._problem(meter, payload, timestamp - received_at, judging)
+            if problem is None:
                 batch.meters[name] = meter
-                self._count(meter, customer, timestamp, value, batch.seq * 128 + index)
+                value = payload[meter.value_key]
+                self._count(meter, payload[meter.customer_key], timestamp, value, batch.seq * 128 + index)
                 self._stats.events_valid += 1
                 return VALID
         if meter is not None:
             batch.meters[name] = meter
         if batch.errors is None:
             batch.errors = {}
-        batch.errors[index] = (code, message)
+        code, message = problem
+        batch.errors[index] = problem
         self._stats.events_invalid += 1
         key = None if meter is None else meter.id
         report = judging.reports.get(key)
@@ -443,6 +427,49 @@ class MeterLedger:
             report = judging.reports[key] = ErrorReport(meter, received_at, received_at)
         report.add(code, message, batch, received_at)
         return INVALID
+
+    def _problem(
+        self, meter: Meter, payload: dict[str, str], age: float, judging: _Judging
+    ) -> tuple[str, str] | None:
+        """The (code, message) of the first problem of an event for an active ``meter``, else None;
+        ``age`` is the event's timestamp minus its receipt time (negative: in the past)."""
+        if age < -MAX_PAST:
+            return "timestamp_too_far_in_past", "Timestamp must be within the past 35 days."
+        if age > MAX_FUTURE:
+            return "timestamp_in_future", "Timestamp must not be more than 5 minutes in the future."
+        customer = payload.get(meter.customer_key)
+        value = payload.get(meter.value_key)
+        known = judging.known
+        if customer is None:
+            return (
+                "meter_event_no_customer_defined",
+                f"Customer mapping key {meter.customer_key} not found in payload.",
+            )
+        if not (
+            known[customer]
+            if customer in known
+            else known.setdefault(customer, self._customer_known(customer))
+        ):
+            return "meter_event_customer_not_found", f"No customer found with id '{customer}'."
+        if value is None:
+            return "meter_event_value_not_found", f"Value key {meter.value_key} not found in payload."
+        if not (value.isdigit() and len(value) <= MAX_SIGNIFICANT_DIGITS) and _VALUE.match(value) is None:
+            return (
+                "meter_event_invalid_value",
+                f"Value '{value}' for key {meter.value_key} is not a decimal number.",
+            )
+        if not self._decimal_values and "." in value:
+            # Stricter than needed on purpose: even ``12.0`` is refused.
+            return "meter_event_invalid_value", (
+                f"Value '{value}' for key {meter.value_key} is not a whole number: this account "
+                "accepts whole-number values only (decimal values are enabled per account by Stripe)."
+            )
+        if len(value) > MAX_SIGNIFICANT_DIGITS and _significant_digits(value) > MAX_SIGNIFICANT_DIGITS:
+            return (
+                "meter_event_value_too_many_digits",
+                f"Value '{value}' has more than {MAX_SIGNIFICANT_DIGITS} significant digits.",
+            )
+        return None
 
     def _count(self, meter: Meter, customer: str, timestamp: float, value: str, order: int) -> None:
         """Add a valid event to the usage. On a pre-aggregated meter it supersedes the event of the

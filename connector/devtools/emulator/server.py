@@ -28,6 +28,12 @@ READY_PREFIX = "emulator listening on "
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_server_arguments(parser)
+    _add_account_arguments(parser)
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where it listens, how fast tokens expire, and the faults it injects."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
@@ -73,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="token-bucket limit on stream requests per second (0 = unlimited, the default)",
     )
+
+
+def _add_account_arguments(parser: argparse.ArgumentParser) -> None:
+    """The emulated account: its key, customers, settings and limits, and how it answers."""
     parser.add_argument("--api-key", default=None, metavar="KEY", help="accept only this secret key")
     parser.add_argument(
         "--require-known-customers",
