@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 
-from connector.commands.check import report_problems
-from connector.config.settings import Settings, load_settings
-from connector.errors import ConfigurationError
+from connector.commands import prologue
+from connector.config.secrets import Redactor
+from connector.config.settings import Settings
 
 PIPELINE_MODULE = "connector.pipeline.loop"
 
@@ -20,49 +19,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The edge of the program: the only place, with ``check``, where the environment is read.
-    environ = dict(os.environ)
-    try:
-        settings = load_settings(environ)
-    except ConfigurationError as error:
-        report_problems("run", error, environ, sys.stderr)
-        return 2
+    loaded = prologue.load("run")
+    if loaded is None:
+        return prologue.EXIT_INVALID
+    settings = loaded.settings
     announce(settings)
-    refusals = preflight(settings)
+    refusals = preflight(settings, loaded.redact)
     if refusals:
         print("kafka-stripe run: refusing to start:", file=sys.stderr)
         for refusal in refusals:
             print(f"  - {refusal}", file=sys.stderr)
-        return 2
-    try:
-        pipeline = importlib.import_module(PIPELINE_MODULE)
-    except ModuleNotFoundError as error:
-        if error.name != PIPELINE_MODULE:
-            raise  # the pipeline exists but one of its own imports is missing: show the real cause
-        print(
-            f"kafka-stripe run: the configuration is valid, but this build has no pipeline "
-            f"({PIPELINE_MODULE} is not installed yet); nothing to run",
-            file=sys.stderr,
-        )
-        return 1
+        return prologue.EXIT_INVALID
+    # Imported here: the pipeline's imports (the Kafka client, the sender's event loop) are paid only
+    # by a configuration that is valid and allowed to start.
+    pipeline = importlib.import_module(PIPELINE_MODULE)
     status: int = pipeline.run(settings)
     return status
 
 
-def preflight(settings: Settings) -> list[str]:
-    """Why the connector must not start against this Stripe account (see ``check.window_refusals``).
+def preflight(settings: Settings, redact: Redactor | None = None) -> list[str]:
+    """Why the connector must not start against this Stripe account (see ``check_stripe.window_refusals``).
 
     Meters that cannot be read (a restricted key without read access, Stripe unreachable) are a
     warning, not a refusal: ``kafka-stripe check`` is the place to insist on reading them.
     """
-    from connector.commands.check import STRIPE_TIMEOUT_S, window_refusals
+    from connector.commands.check_stripe import STRIPE_TIMEOUT_S, window_refusals
     from connector.stripe.v1 import StripeApiError, StripeClient
 
+    redact = prologue.redactor(settings) if redact is None else redact
     try:
         with StripeClient.from_settings(settings.stripe, timeout=STRIPE_TIMEOUT_S, max_retries=1) as client:
             meters = client.list_meters(status="active")
     except StripeApiError as exc:
-        why = settings.scrub(str(exc))
+        why = redact(str(exc))
         print(f"kafka-stripe run: warning: could not read the meters to check them ({why})", file=sys.stderr)
         return []
     return window_refusals(settings, meters)

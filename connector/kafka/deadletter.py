@@ -1,15 +1,17 @@
-"""Producing rejected records, with their original bytes and the reason, to a dead-letter topic.
+"""The dead-letter topic: its header contract (written and read here only) and the producer shell.
 
 Headers follow Kafka Connect's ``__connect.errors.*`` names where one exists, so existing DLQ
 tooling reads them, plus ``kafka_stripe.*`` headers for what Connect has no name for (the stable error
 code, Stripe's own code, the original record timestamp, the connector version). The original record's
-headers are kept in front of ours.
+headers are kept in front of ours. ``DeadLetterHeaders.read`` is the reading side: what ``dlq replay``
+and the demo learn from a dead letter.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from connector import __version__
@@ -18,25 +20,95 @@ from connector.records import KafkaRecord
 
 CONNECTOR_NAME = "kafka-stripe"
 
+HEADER_TOPIC = "__connect.errors.topic"
+HEADER_PARTITION = "__connect.errors.partition"
+HEADER_OFFSET = "__connect.errors.offset"
+HEADER_CONNECTOR_NAME = "__connect.errors.connector.name"
+HEADER_EXCEPTION_CLASS = "__connect.errors.exception.class.name"
+HEADER_EXCEPTION_MESSAGE = "__connect.errors.exception.message"
+HEADER_CODE = "kafka_stripe.error.code"
+HEADER_REASON = "kafka_stripe.error.reason"
+HEADER_ORIGINAL_TIMESTAMP = "kafka_stripe.original.timestamp"
+HEADER_VERSION = "kafka_stripe.version"
+# Every header of ours starts with one of these; the others are the original record's.
+OUR_HEADER_PREFIXES = ("__connect.errors.", "kafka_stripe.")
+
+Headers = Sequence[tuple[str, bytes | None]]
 DeliveryCallback = Callable[[Exception | None], None]
 
 
 def dead_letter_headers(record: KafkaRecord, error: RecordRejected) -> list[tuple[str, bytes]]:
     """Headers for a dead-lettered record: where it came from and why it was refused."""
     ours = [
-        ("__connect.errors.topic", record.topic),
-        ("__connect.errors.partition", str(record.partition)),
-        ("__connect.errors.offset", str(record.offset)),
-        ("__connect.errors.connector.name", CONNECTOR_NAME),
-        ("__connect.errors.exception.class.name", type(error).__name__),
-        ("__connect.errors.exception.message", error.reason),
-        ("kafka_stripe.error.code", error.code),
-        ("kafka_stripe.error.reason", error.reason),
-        ("kafka_stripe.original.timestamp", "" if record.timestamp_ms is None else str(record.timestamp_ms)),
-        ("kafka_stripe.version", __version__),
+        (HEADER_TOPIC, record.topic),
+        (HEADER_PARTITION, str(record.partition)),
+        (HEADER_OFFSET, str(record.offset)),
+        (HEADER_CONNECTOR_NAME, CONNECTOR_NAME),
+        (HEADER_EXCEPTION_CLASS, type(error).__name__),
+        (HEADER_EXCEPTION_MESSAGE, error.reason),
+        (HEADER_CODE, error.code),
+        (HEADER_REASON, error.reason),
+        (HEADER_ORIGINAL_TIMESTAMP, "" if record.timestamp_ms is None else str(record.timestamp_ms)),
+        (HEADER_VERSION, __version__),
     ]
     original = [(k, v if v is not None else b"") for k, v in record.headers]
     return original + [(k, v.encode("utf-8", "replace")) for k, v in ours]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterHeaders:
+    """What a dead letter's headers say: the original record's coordinates and headers, and why it
+    was refused. ``problem`` says why the original cannot be rebuilt ("" when it can)."""
+
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    code: str
+    reason: str
+    original_timestamp_ms: int | None
+    original_headers: tuple[tuple[str, bytes | None], ...]
+    problem: str = ""
+
+    @classmethod
+    def read(cls, headers: Headers) -> DeadLetterHeaders:
+        """Read the headers ``dead_letter_headers`` wrote (any message's headers: ours may be absent)."""
+        ours: dict[str, str] = {}
+        original: list[tuple[str, bytes | None]] = []
+        for name, raw in headers:
+            if name.startswith(OUR_HEADER_PREFIXES):
+                ours[name] = (raw or b"").decode("utf-8", "replace")  # the last one wins, as they are ours
+            else:
+                original.append((name, raw))
+        stamp = ours.get(HEADER_ORIGINAL_TIMESTAMP, "")
+        timestamp = int(stamp) if stamp.lstrip("-").isdigit() else None
+        topic = ours.get(HEADER_TOPIC) or None
+        partition, offset = _int(ours.get(HEADER_PARTITION)), _int(ours.get(HEADER_OFFSET))
+        problem = ""
+        if topic is None:
+            problem = f"not a kafka-stripe dead letter: no {HEADER_TOPIC} header"
+        elif partition is None or offset is None:
+            problem = f"garbled {HEADER_PARTITION}/{HEADER_OFFSET} headers: no original offset"
+        code, reason = ours.get(HEADER_CODE, ""), ours.get(HEADER_REASON, "")
+        return cls(topic, partition, offset, code, reason, timestamp, tuple(original), problem)
+
+    def original(
+        self, key: bytes | None, value: bytes | None, timestamp_ms: int | None
+    ) -> KafkaRecord | None:
+        """The original record, with the dead letter's key and value; ``timestamp_ms`` (the dead
+        letter's own) stands in for a missing original timestamp. None when ``problem`` says why."""
+        if self.topic is None or self.partition is None or self.offset is None:
+            return None
+        timestamp = self.original_timestamp_ms if self.original_timestamp_ms is not None else timestamp_ms
+        return KafkaRecord(
+            self.topic, self.partition, self.offset, key, value, timestamp, self.original_headers
+        )
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 class DeadLetterQueue:

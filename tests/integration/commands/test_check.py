@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from connector.commands import check as check_command
-from connector.config.settings import MASK, topic_env_key
+from connector.commands import check_kafka, check_stripe
+from connector.config.secrets import MASK
+from connector.config.settings import topic_env_key
 from connector.devtools.emulator import EmulatorProcess
 from tests.support.harness import API_KEY, connector_env, stripe, use_connector_env
 
@@ -229,8 +231,8 @@ class PlansOnly:
 
 
 def test_plans_are_the_fallback_when_prices_cannot_be_filtered_by_meter() -> None:
-    assert check_command._billed_by(PlansOnly(), "mtr_1") == ["plan plan_1 (3 EUR per unit)"]
-    assert check_command._billed_by(PlansOnly(), "mtr_2") == []
+    assert check_stripe._billed_by(PlansOnly(), "mtr_1") == ["plan plan_1 (3 EUR per unit)"]
+    assert check_stripe._billed_by(PlansOnly(), "mtr_2") == []
 
 
 def test_an_inactive_meter_fails(
@@ -296,7 +298,7 @@ def test_a_bad_schema_is_reported_with_the_other_problems(
 def test_unreachable_kafka_and_stripe_are_failures_not_tracebacks(
     setup: Callable[..., dict[str, str]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(check_command, "KAFKA_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(check_kafka, "KAFKA_TIMEOUT_S", 2.0)
     env = setup(meter=False) | {
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
         "STRIPE_API_BASE": "http://127.0.0.1:1",

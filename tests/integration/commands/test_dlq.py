@@ -5,7 +5,6 @@ replay sends nothing, and ``--dry-run`` sends and commits nothing."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -16,11 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import Producer
 
 from connector.commands import dlq as replay_command
-from connector.commands.dlq import DEFAULT_GROUP, parse_dead_letter
-from connector.config.settings import Secret, TopicSettings, topic_env_key
+from connector.commands.dlq_replay import DEFAULT_GROUP
+from connector.config.secrets import Secret
+from connector.config.settings import TopicSettings, topic_env_key
 from connector.devtools.emulator import EmulatorProcess
 from connector.errors import DecodeError, MappingError
 from connector.kafka.deadletter import dead_letter_headers
@@ -235,49 +235,3 @@ def test_refusals(
     status, output = replay_in_process(env, monkeypatch, capsys, "--topic", f"{topic}.nowhere")
     assert status == 2 and "does not exist" in output
     assert httpx.get(f"{stripe_url}/_emulator/health", timeout=10).status_code == 200
-
-
-def test_dead_letter_headers_round_trip() -> None:
-    original = KafkaRecord("usage", 3, 1042, b"k", b"v", 1_700_000_000_123, [("trace", b"abc")])
-    error = MappingError("no customer", code="missing_customer").at(original.coordinates)
-    where = Coordinates("usage.dlq", 0, 5)
-    parsed = parse_dead_letter(where, b"k", b"v", 42, dead_letter_headers(original, error))
-    assert parsed.original == original._replace(headers=(("trace", b"abc"),))
-    assert (parsed.code, parsed.reason, parsed.problem) == ("missing_customer", "no customer", "")
-
-    no_time = original._replace(timestamp_ms=None)
-    parsed = parse_dead_letter(where, b"k", b"v", 42, dead_letter_headers(no_time, error))
-    assert parsed.original is not None and parsed.original.timestamp_ms == 42  # the dead letter's own
-
-    garbled = [("__connect.errors.topic", b"usage"), ("__connect.errors.partition", b"x")]
-    assert "garbled" in parse_dead_letter(where, None, b"v", 1, garbled).problem
-    assert parse_dead_letter(where, None, b"v", 1, []).original is None
-
-
-def test_commits_stop_before_undelivered_records() -> None:
-    """A dead letter Stripe gave no answer for is not committed past: the next replay retries it."""
-
-    class Consumer:
-        def __init__(self) -> None:
-            self.commits: list[list[tuple[int, int]]] = []
-
-        def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
-            self.commits.append([(tp.partition, tp.offset) for tp in offsets])
-
-    from connector.config.settings import load_settings
-
-    settings = load_settings(
-        {
-            "STRIPE_API_KEY": API_KEY,
-            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-            "CONNECTOR_TOPICS": "usage",
-            "TOPIC_USAGE_EVENT_NAME": "api",
-        }
-    )
-    replay = replay_command.Replay(settings, "usage.dlq", out=open(os.devnull, "w"))  # noqa: SIM115
-    consumer = Consumer()
-    replay._blocked = {0: 7}
-    replay._commit(consumer, {0: 12, 1: 4})
-    assert consumer.commits == [[(0, 7), (1, 4)]]
-    replay._commit(consumer, {0: 12, 1: 4})  # nothing changed: nothing committed again
-    assert len(consumer.commits) == 1

@@ -19,8 +19,8 @@ import pytest
 from confluent_kafka import Producer
 
 from connector.commands import reconcile as reconcile_command
-from connector.commands.reconcile import Tally, parse_instant, validate_range
-from connector.config.settings import Secret, TopicSettings, topic_env_key
+from connector.config.secrets import Secret
+from connector.config.settings import TopicSettings, topic_env_key
 from connector.mapping.mapper import Mapper, derived_identifier
 from connector.records import Coordinates, KafkaRecord, MeterEvent
 from connector.stripe.sender import MeterEventSender
@@ -384,35 +384,6 @@ def test_bad_arguments_are_refused_clearly(
     )
 
 
-def test_time_arguments() -> None:
-    assert parse_instant("2026-11-01T00:00Z", "--start") == 1_793_491_200
-    assert parse_instant("2026-11-01", "--start") == 1_793_491_200
-    assert parse_instant("2026-11-01T01:00:00+01:00", "--start") == 1_793_491_200
-    assert parse_instant("1793491200", "--start") == 1_793_491_200
-    assert validate_range(1_793_491_200, 1_793_491_200 + 86_400, "day") == []
-    assert validate_range(1_793_491_200 + 60, 1_793_491_200 + 120, None) == []
-
-
-def test_identifiers_of_their_own_count_once_at_their_first_receipt() -> None:
-    topic = TopicSettings(name="usage", event_name="api")
-    tally = Tally(topic, "sum", 1_000_000, 1_003_600, None)
-
-    def event(identifier: str, value: str, second: int) -> MeterEvent:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(second))
-        return MeterEvent(identifier, "api", stamp, {"stripe_customer_id": "cus_A", "value": value})
-
-    def record(partition: int, offset: int, kafka_ms: int) -> KafkaRecord:
-        return KafkaRecord("usage", partition, offset, None, b"", kafka_ms)
-
-    tally.add(event("own-1", "5", 1_000_100), record(0, 7, 2_000), "kafka:usage:")
-    tally.add(event("own-1", "9", 1_000_100), record(1, 3, 1_000), "kafka:usage:")  # produced earlier: wins
-    tally.add(event("own-2", "4", 999_000), record(0, 8, 500), "kafka:usage:")  # first copy out of range
-    tally.add(event("own-2", "4", 1_000_200), record(1, 9, 600), "kafka:usage:")
-    tally.add(event("kafka:usage:0:9", "1", 1_000_300), record(0, 9, 700), "kafka:usage:")
-    assert tally.totals() == {("cus_A", 1_000_000): Decimal(10)}
-    assert (tally.read, tally.duplicates, tally.in_range) == (5, 2, 2)
-
-
 def test_partitions_are_read_to_their_real_end(
     kafka_bootstrap: str, make_topic: Callable[..., str], group_id: str, stripe_url: str
 ) -> None:
@@ -420,8 +391,9 @@ def test_partitions_are_read_to_their_real_end(
     base offset + 1) is far short of the end, and reading must not stop there."""
     from confluent_kafka import TopicPartition
 
-    from connector.commands.reconcile import PartitionReader, partition_metadata, reader_consumer, watermarks
     from connector.config.settings import load_settings
+    from connector.kafka.clients import reader_consumer
+    from connector.kafka.reader import PartitionReader, partition_metadata, watermarks
 
     topic = make_topic(partitions=2)
     producer = Producer(

@@ -1,8 +1,10 @@
-"""The ``check`` and ``run`` subcommands: readable reports, exit statuses, and never a secret or traceback."""
+"""The ``check`` and ``run`` subcommands and their prologue: readable reports, exit statuses, and never a
+secret or traceback."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -14,8 +16,10 @@ import pytest
 
 from connector.cli import SUBCOMMANDS, build_parser
 from connector.commands import check as check_command
+from connector.commands import prologue
 from connector.commands import run as run_command
-from connector.config.settings import ENV_PREFIXES, MASK, Settings, load_settings
+from connector.config.secrets import MASK
+from connector.config.settings import ENV_PREFIXES, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[3]
 API_KEY = "sk_live_51ZyXwVuTsRqPoNmLkJiH"
@@ -193,19 +197,73 @@ def test_run_hands_the_settings_to_the_pipeline(
         assert secret not in captured.out + captured.err
 
 
-def test_run_without_a_pipeline_says_so(
+def test_run_announces_in_json_when_logs_are_json(
     config: dict[str, str],
     environ: types.SimpleNamespace,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # None makes the import fail like a missing file.
-    monkeypatch.setitem(sys.modules, "connector.pipeline.loop", None)
-    environ.use(config | {"CONNECTOR_LOG_FORMAT": "json"})
-    assert run_command.run(argparse.Namespace()) == 1
-    first, *rest = capsys.readouterr().err.splitlines()
+    pipeline = types.ModuleType("connector.pipeline.loop")
+    pipeline.run = lambda settings: 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "connector.pipeline.loop", pipeline)
+    environ.use(config | {"CONNECTOR_LOG_FORMAT": "json", "STRIPE_API_BASE": "http://127.0.0.1:1"})
+    assert run_command.run(argparse.Namespace()) == 0
+    first, *_ = capsys.readouterr().err.splitlines()
     assert json.loads(first)["configuration"]["stripe"]["api_key"] == f"sk_live_{MASK}"
-    assert "no pipeline" in rest[-1]
+
+
+def test_the_prologue_loads_the_settings_or_lists_every_problem(
+    config: dict[str, str], invalid: dict[str, str], environ: types.SimpleNamespace
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert prologue.load("reconcile", environ=invalid, out=out, err=err) is None
+    lines = err.getvalue().splitlines()
+    assert lines[0] == "kafka-stripe reconcile: invalid configuration (3 problems):"
+    assert len(lines) == 4 and all(line.startswith("  - ") for line in lines[1:])
+    assert out.getvalue() == ""
+
+    out, err = io.StringIO(), io.StringIO()
+    assert prologue.load("check", json_problems=True, environ=invalid, out=out, err=err) is None
+    assert len(json.loads(out.getvalue())["problems"]) == 3 and err.getvalue() == ""
+    for secret in SECRETS:
+        assert secret not in out.getvalue()
+
+    environ.use(config)  # without ``environ=``, the process environment is read
+    loaded = prologue.load("run")
+    assert loaded is not None and loaded.settings == load_settings(config)
+    assert prologue.EXIT_INVALID == 2
+
+
+def test_cli_output_masks_what_the_logs_would_hide(
+    config: dict[str, str],
+    environ: types.SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Not only the configured secrets: a session token or a password in a URL, as the logs mask them."""
+    token = "mes_tok_" + "Q7" * 20
+    url = "https://meter:url-pa55word@proxy.example:8443/v1"
+
+    def leaky(settings: Settings) -> check_command.CheckResult:
+        raise RuntimeError(f"token {token} via {url} with key {settings.stripe.api_key.reveal()}")
+
+    monkeypatch.setattr(check_command, "CHECKS", [("leaky", leaky)])
+    environ.use(config)
+    for json_output in (False, True):
+        assert check_command.run(argparse.Namespace(json=json_output, offline=False)) == 1
+        captured = capsys.readouterr()
+        output = captured.out + captured.err
+        assert "the check crashed" in output
+        for secret in (token, "url-pa55word", API_KEY):
+            assert secret not in output, (secret, output)
+        assert f"mes_tok_{MASK}" in output and f"https://meter:{MASK}@proxy.example" in output
+
+    redact = prologue.redactor(load_settings(config))
+    assert prologue.refuse("dlq replay", f"{token} {SASL_PASSWORD} {url}", redact) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kafka-stripe dlq replay: ") and MASK in err
+    for secret in (token, SASL_PASSWORD, "url-pa55word"):
+        assert secret not in err
 
 
 def test_a_failing_check_fails_the_command(

@@ -1,10 +1,20 @@
-"""Dead-letter headers: Kafka Connect's names, our error code, original coordinates and headers kept."""
+"""Dead-letter headers: Kafka Connect's names, our error code, original coordinates and headers kept,
+read back by the same module; the producer shell's polling."""
 
 from __future__ import annotations
 
 from connector import __version__
 from connector.errors import MappingError, StripeRejected
-from connector.kafka.deadletter import dead_letter_headers
+from connector.kafka.deadletter import (
+    HEADER_CODE,
+    HEADER_OFFSET,
+    HEADER_ORIGINAL_TIMESTAMP,
+    HEADER_PARTITION,
+    HEADER_TOPIC,
+    OUR_HEADER_PREFIXES,
+    DeadLetterHeaders,
+    dead_letter_headers,
+)
 from connector.records import KafkaRecord
 
 
@@ -28,6 +38,42 @@ def test_stripe_code_is_carried() -> None:
     headers = dict(dead_letter_headers(record, StripeRejected("too long", code="parameter_invalid")))
     assert headers["kafka_stripe.error.code"] == b"parameter_invalid"
     assert headers["kafka_stripe.original.timestamp"] == b""
+
+
+def test_the_reading_side_reads_what_the_writing_side_wrote() -> None:
+    record = KafkaRecord("usage", 3, 42, b"k", b"v", 1_700_000_000_123, [("trace", b"abc"), ("empty", None)])
+    headers = dead_letter_headers(record, MappingError("field 'value' is missing", code="missing_value"))
+    read = DeadLetterHeaders.read(headers)
+    assert (read.topic, read.partition, read.offset) == ("usage", 3, 42)
+    assert (read.code, read.reason, read.problem) == ("missing_value", "field 'value' is missing", "")
+    assert read.original_timestamp_ms == 1_700_000_000_123
+    assert read.original_headers == (("trace", b"abc"), ("empty", b""))
+    assert read.original(b"k", b"v", 7) == record._replace(headers=(("trace", b"abc"), ("empty", b"")))
+
+
+def test_headers_of_ours_are_recognised_by_name() -> None:
+    record = KafkaRecord("usage", 0, 1, None, b"v", None)
+    names = [name for name, _ in dead_letter_headers(record, MappingError("bad", code="bad"))]
+    assert names[:3] == [HEADER_TOPIC, HEADER_PARTITION, HEADER_OFFSET]
+    assert HEADER_CODE in names and HEADER_ORIGINAL_TIMESTAMP in names
+    assert all(name.startswith(OUR_HEADER_PREFIXES) for name in names)
+
+
+def test_the_reading_side_says_why_a_record_cannot_be_rebuilt() -> None:
+    foreign = DeadLetterHeaders.read([("source", b"elsewhere")])
+    assert foreign.original(None, b"v", 1) is None and "not a kafka-stripe dead letter" in foreign.problem
+    assert foreign.original_headers == (("source", b"elsewhere"),) and foreign.code == ""
+
+    garbled = DeadLetterHeaders.read(
+        [(HEADER_TOPIC, b"usage"), (HEADER_PARTITION, b"x"), (HEADER_OFFSET, b"1")]
+    )
+    assert garbled.original(None, b"v", 1) is None and "garbled" in garbled.problem
+
+    # No original timestamp: the dead letter's own stands in; the last of a repeated header of ours wins.
+    bare = DeadLetterHeaders.read(
+        [(HEADER_TOPIC, b"old"), (HEADER_TOPIC, b"usage"), (HEADER_PARTITION, b"2"), (HEADER_OFFSET, b"9")]
+    )
+    assert bare.original(None, b"v", 55) == KafkaRecord("usage", 2, 9, None, b"v", 55, ())
 
 
 class CountingProducer:

@@ -1,0 +1,271 @@
+"""``check``'s Stripe checks: the key, the meters each topic needs, and the prices that bill them.
+
+Within one ``run_checks`` (inside ``shared_meter_listing()``) these checks share one listing of the
+meters: a refused key is then reported once (by the ``stripe`` check) and the meter checks say they
+were skipped because of it. A check called on its own caches nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from connector.commands.check_result import CheckResult, plural
+from connector.commands.prologue import redactor
+from connector.config.settings import Settings, TopicSettings, topic_env_key
+
+STRIPE_TIMEOUT_S = 10.0  # per Stripe request (no retries: a preflight reports, it does not insist)
+
+_RUN_CACHE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "kafka_stripe_check_cache", default=None
+)
+
+
+@contextlib.contextmanager
+def shared_meter_listing() -> Iterator[None]:
+    """Within this block the checks list the meters once and share the answer (or the error)."""
+    token = _RUN_CACHE.set({})
+    try:
+        yield
+    finally:
+        _RUN_CACHE.reset(token)
+
+
+def _stripe_client(settings: Settings) -> Any:
+    import httpx
+
+    from connector.stripe.v1 import StripeClient
+
+    sender = settings.sender
+    timeout = httpx.Timeout(
+        min(sender.http_read_timeout_s, STRIPE_TIMEOUT_S),
+        connect=min(sender.http_connect_timeout_s, STRIPE_TIMEOUT_S),
+    )
+    return StripeClient.from_settings(settings.stripe, timeout=timeout, max_retries=0)
+
+
+def _meters(settings: Settings) -> list[Any]:
+    """Every meter of the account (cached for the rest of a ``run_checks``; errors too)."""
+    cache = _RUN_CACHE.get()
+    if cache is not None and "meters" in cache:
+        cached = cache["meters"]
+        if isinstance(cached, BaseException):
+            raise cached
+        return list(cached)
+    try:
+        with _stripe_client(settings) as client:
+            meters: list[Any] = client.list_meters()
+    except Exception as exc:
+        if cache is not None:
+            cache["meters"] = exc
+        raise
+    if cache is not None:
+        cache["meters"] = meters
+    return meters
+
+
+def _meters_for(name: str, settings: Settings) -> list[Any] | CheckResult:
+    """The meters a meter-based check works on, or its result when it cannot: skipped within
+    ``run_checks`` when the ``stripe`` check already failed, failed when listing the meters fails."""
+    from connector.stripe.v1 import StripeApiError
+
+    cache = _RUN_CACHE.get()
+    if cache is not None and isinstance(cache.get("meters"), Exception):
+        return CheckResult(name, "skipped", "not checked: Stripe could not be asked (see the stripe check)")
+    try:
+        return _meters(settings)
+    except StripeApiError as exc:
+        return CheckResult(name, "failed", redactor(settings)(f"could not list the meters: {exc}"))
+
+
+def check_stripe(settings: Settings) -> CheckResult:
+    """The API key works (listing meters succeeds); its mode (test or live) is stated."""
+    from connector.stripe.v1 import StripeApiError
+
+    stripe = settings.stripe
+    mode = "live" if stripe.livemode else "test"
+    key = stripe.api_key.masked()
+    try:
+        meters = _meters(settings)
+    except StripeApiError as exc:
+        return CheckResult("stripe", "failed", redactor(settings)(str(exc)), (f"key {key} ({mode} mode)",))
+    stated = {m.livemode for m in meters}
+    if stated and stated != {stripe.livemode}:
+        return CheckResult(
+            "stripe",
+            "failed",
+            f"the key {key} looks like a {mode}-mode key, but Stripe answered with objects of the other mode",
+        )
+    what = (
+        "test mode: no real customer is billed"
+        if not stripe.livemode
+        else "LIVE mode: usage is billed to real customers"
+    )
+    active = sum(1 for m in meters if m.active)
+    return CheckResult(
+        "stripe",
+        "ok",
+        f"key {key} accepted by {stripe.api_base}: {what}",
+        (f"{len(meters)} meter(s), {active} active; Stripe-Version {stripe.api_version}",),
+    )
+
+
+def check_meters(settings: Settings) -> CheckResult:
+    """Each topic's event_name has an active meter whose customer and value payload keys match."""
+    meters = _meters_for("meters", settings)
+    if isinstance(meters, CheckResult):
+        return meters
+    active_names = sorted({m.event_name for m in meters if m.active})
+    findings = [_meter_finding(topic, meters, active_names) for topic in settings.topics]
+    details = tuple(detail for _, detail in findings)
+    problems = sum(1 for problem, _ in findings if problem)
+    count = len(settings.topics)
+    if problems:
+        summary = f"{problems} of {count} topic(s) have no usable meter"
+        return CheckResult("meters", "failed", summary, details)
+    return CheckResult(
+        "meters",
+        "ok",
+        f"{plural(count, 'topic')}: each event_name has an active meter with matching payload keys",
+        details,
+    )
+
+
+def _meter_finding(
+    topic: TopicSettings, meters: Sequence[Any], active_names: Sequence[str]
+) -> tuple[bool, str]:
+    """(whether it is a problem, the detail line) for one topic's meter."""
+    prefix = f"TOPIC_{topic_env_key(topic.name)}_"
+    matching = [m for m in meters if m.event_name == topic.event_name]
+    active = [m for m in matching if m.active]
+    if not active and matching:
+        ids = ", ".join(m.id for m in matching)
+        return True, (
+            f"{topic.name}: the meter for event_name {topic.event_name!r} ({ids}) is inactive: "
+            "Stripe refuses its events (archived_meter); reactivate it "
+            "(POST /v1/billing/meters/{id}/reactivate)"
+        )
+    if not active:
+        known = ", ".join(repr(n) for n in active_names[:10]) or "none"
+        return True, (
+            f"{topic.name}: no meter has event_name {topic.event_name!r} ({prefix}EVENT_NAME); "
+            f"active meters' event names: {known}. Create one (POST /v1/billing/meters) or fix "
+            "the name: until then Stripe drops these events (no_meter)"
+        )
+    meter = active[0]
+    refusal = window_refusal(topic.name, meter)
+    if refusal is not None:
+        return True, refusal
+    wrong: list[str] = []
+    if meter.customer_key != topic.customer_key:
+        wrong.append(
+            f"it reads the customer from payload key {meter.customer_key!r} but the connector writes it "
+            f"under {topic.customer_key!r}: set {prefix}CUSTOMER_KEY={meter.customer_key}"
+        )
+    if meter.value_key != topic.value_key:
+        wrong.append(
+            f"it reads the value from payload key {meter.value_key!r} but the connector writes it under "
+            f"{topic.value_key!r}: set {prefix}VALUE_KEY={meter.value_key}"
+        )
+    if wrong:
+        return True, f"{topic.name}: meter {meter.id} ({topic.event_name!r}): " + "; ".join(wrong)
+    return False, (
+        f"{topic.name}: meter {meter.id} {meter.display_name!r} (active, {meter.formula}) counts "
+        f"{topic.event_name!r}; payload keys {meter.customer_key!r} and {meter.value_key!r} match"
+    )
+
+
+def window_refusal(topic: str, meter: Any) -> str | None:
+    """Why ``topic`` cannot be sent to ``meter``, a pre-aggregated meter; None when it can."""
+    window = meter.event_time_window
+    if window is None:
+        return None
+    return (
+        f"{topic}: meter {meter.id} ({meter.event_name!r}) has event_time_window={window}: Stripe keeps only "
+        f"the most recently received event per customer and {window}, so one event per record would bill "
+        f"only the last record of each {window}; kafka-stripe does not send window totals yet. Use a meter "
+        "without event_time_window for this topic"
+    )
+
+
+def window_refusals(settings: Settings, meters: Sequence[Any]) -> list[str]:
+    """``window_refusal`` for every topic whose active meter is pre-aggregated (``run`` refuses them)."""
+    refusals: list[str] = []
+    for topic in settings.topics:
+        meter = next((m for m in meters if m.event_name == topic.event_name and m.active), None)
+        refusal = None if meter is None else window_refusal(topic.name, meter)
+        if refusal is not None:
+            refusals.append(refusal)
+    return refusals
+
+
+def check_billing(settings: Settings) -> CheckResult:
+    """An active metered price (or plan) bills each topic's meter; a warning when none does."""
+    from connector.stripe.v1 import StripeApiError
+
+    meters = _meters_for("billing", settings)
+    if isinstance(meters, CheckResult):
+        return meters
+    details: list[str] = []
+    unbilled = 0
+    checked = 0
+    with _stripe_client(settings) as client:
+        for topic in settings.topics:
+            meter = next((m for m in meters if m.event_name == topic.event_name and m.active), None)
+            if meter is None:
+                details.append(f"{topic.name}: not checked, no active meter (see the meters check)")
+                continue
+            checked += 1
+            try:
+                billed_by = _billed_by(client, meter.id)
+            except StripeApiError as exc:
+                return CheckResult(
+                    "billing",
+                    "failed",
+                    redactor(settings)(f"could not list prices or plans: {exc}"),
+                    tuple(details),
+                )
+            if billed_by:
+                details.append(f"{topic.name}: meter {meter.id} is billed by {', '.join(billed_by[:5])}")
+            else:
+                unbilled += 1
+                details.append(
+                    f"{topic.name}: no active price or plan bills meter {meter.id}: usage is recorded but "
+                    f"not billed; attach it to a price (POST /v1/prices with recurring[usage_type]=metered, "
+                    f"recurring[meter]={meter.id})"
+                )
+    if not checked:
+        return CheckResult("billing", "skipped", "no topic has an active meter to look up", tuple(details))
+    if unbilled:
+        return CheckResult(
+            "billing",
+            "warning",
+            f"{unbilled} of {checked} meter(s) billed by no price or plan",
+            tuple(details),
+        )
+    return CheckResult(
+        "billing", "ok", f"every meter ({checked}) is billed by a metered price", tuple(details)
+    )
+
+
+def _billed_by(client: Any, meter_id: str) -> list[str]:
+    """Active prices billing the meter, else active plans (older accounts and API versions)."""
+    from connector.stripe.v1 import StripeApiError
+
+    try:
+        prices = client.prices_for_meter(meter_id)
+    except StripeApiError as exc:
+        if exc.status != 400:  # 400: this API version knows no recurring[meter] filter: ask the plans
+            raise
+        prices = []
+    if prices:
+        return [f"price {p.get('id')} ({_amount(p)})" for p in prices]
+    return [f"plan {p.get('id')} ({_amount(p)})" for p in client.plans_for_meter(meter_id)]
+
+
+def _amount(item: Mapping[str, Any]) -> str:
+    amount = item.get("unit_amount_decimal") or item.get("amount_decimal") or item.get("unit_amount")
+    currency = str(item.get("currency") or "").upper()
+    return f"{amount} {currency} per unit".strip() if amount is not None else currency or "no amount"
