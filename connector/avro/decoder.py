@@ -15,6 +15,7 @@ import fastavro
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException
 
+from connector.avro import schema as avro_schema
 from connector.avro.codegen import CompiledReader, UnsupportedSchema, compile_reader
 from connector.config.settings import TopicSettings
 from connector.errors import ConfigurationError, DecodeError, RetryableError
@@ -43,12 +44,10 @@ class AvroSchema:
     def __init__(self, schema: Any, *, generate_reader: bool = True) -> None:
         """``schema`` is the JSON object; raises one of ``SCHEMA_ERRORS`` when it is not Avro.
         ``generate_reader=False`` skips compiling (writer schemas only ever need fastavro)."""
-        # Two parses: ``declared`` keeps logical types for questions like "is this field
-        # timestamp-micros?"; ``parsed`` decodes. Only ``decimal`` survives in ``parsed``: a
-        # timestamp stays the integer on the wire (cheap, exact, the mapper formats it) instead
-        # of the datetime fastavro would build, and date/time/uuid stay plain as well.
-        self.declared_named: dict[str, Any] = {}
-        self.declared = fastavro.parse_schema(schema, named_schemas=self.declared_named)
+        # The decoding form: only ``decimal`` survives of the logical types (the declared form, which
+        # the field rules of ``avro.fields`` read, is ``avro.schema.Schema``'s). A timestamp stays the
+        # integer on the wire (cheap, exact, the mapper formats it) instead of the datetime fastavro
+        # would build, and date/time/uuid stay plain as well.
         named: dict[str, Any] = {}
         self.parsed = fastavro.parse_schema(_strip_logical_types(schema), named_schemas=named)
         self.named = named
@@ -83,32 +82,21 @@ class AvroSchema:
             return self.read
         return _fastavro_reader(writer.parsed, self.parsed)
 
-    def types_at(self, path: str) -> list[Any] | None:
-        """The possible declared types at a dotted field path (union branches flattened, names
-        resolved), or None if the path leads nowhere. Map values count as fields of any name."""
-        current = _branches(self.declared, self.declared_named)
-        for step in path.split("."):
-            found: list[Any] = []
-            for branch in current:
-                if not isinstance(branch, dict):
-                    continue
-                if branch.get("type") == "record":
-                    found += [f["type"] for f in branch["fields"] if f["name"] == step]
-                elif branch.get("type") == "map":
-                    found.append(branch["values"])
-            if not found:
-                return None
-            current = [b for t in found for b in _branches(t, self.declared_named)]
-        return current
 
-
-@functools.cache
 def load_schema(path: Path) -> AvroSchema:
-    """The schema in ``path``, parsed and compiled once per process."""
+    """The schema in ``path``, parsed and compiled once per file (``avro.schema.load``'s model)."""
+    model = avro_schema.load(path)
+    if model.error is not None:
+        raise ConfigurationError([f"Avro schema {model.error}"])
+    return _compiled(model)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(model: avro_schema.Schema) -> AvroSchema:
     try:
-        return AvroSchema.from_text(Path(path).read_text(encoding="utf-8"))
-    except (OSError, *SCHEMA_ERRORS) as exc:
-        raise ConfigurationError([f"Avro schema {path}: {exc}"]) from exc
+        return AvroSchema(model.document)
+    except SCHEMA_ERRORS as exc:
+        raise ConfigurationError([f"Avro schema {model.path}: {exc}"]) from exc
 
 
 class Decoder:
@@ -296,12 +284,3 @@ def _decoding_form(schema: Any) -> Any:
     if isinstance(schema, dict):
         return {k: _decoding_form(v) for k, v in schema.items() if k not in _NOT_DECODING}
     return schema
-
-
-def _branches(schema: Any, named: dict[str, Any]) -> list[Any]:
-    """Union branches flattened and named references resolved, as a list of type schemas."""
-    if isinstance(schema, list):
-        return [b for s in schema for b in _branches(s, named)]
-    if isinstance(schema, str) and schema in named:
-        return [named[schema]]
-    return [schema]

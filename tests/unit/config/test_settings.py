@@ -11,19 +11,10 @@ from typing import Any
 
 import pytest
 
-from connector.config.settings import (
-    DEFAULT_SCHEMA,
-    MASK,
-    KafkaSettings,
-    Secret,
-    Settings,
-    StripeSettings,
-    inspect_schema,
-    is_secret_property,
-    load_settings,
-    scrub_environ,
-    topic_env_key,
-)
+from connector.config.environment import load_settings, scrub_environ
+from connector.config.secrets import MASK, Secret, is_secret_property
+from connector.config.settings import DEFAULT_SCHEMA, KafkaSettings, Settings, StripeSettings
+from connector.config.topics import inspect_schema, topic_env_key
 from connector.errors import ConfigurationError
 
 API_KEY = "sk_test_51AbCdEfGhIjKlMnOpQrStUv"
@@ -732,13 +723,19 @@ def test_problems_never_quote_secrets(secret_env: dict[str, str]) -> None:
 
 def test_scrubbing() -> None:
     environ = {"KAFKA_SASL_PASSWORD": "pa55word", "STRIPE_API_KEY": API_KEY, "KAFKA_GROUP_ID": "group"}
-    assert scrub_environ(f"x pa55word {API_KEY} group", environ) == f"x {MASK} {MASK} group"
+    # The one redactor: a Stripe key keeps its non-secret prefix, as in every other masked output.
+    assert scrub_environ(f"x pa55word {API_KEY} group", environ) == f"x {MASK} sk_test_{MASK} group"
+    # ... and credential-shaped text is masked though no variable holds it.
+    assert scrub_environ("token mes_tok_abc123XYZ at https://u:pw@host/", {}) == (
+        f"token mes_tok_{MASK} at https://u:{MASK}@host/"
+    )
     settings = Settings(
         stripe=StripeSettings(api_key=Secret(API_KEY, "sk_test_")),
         kafka=KafkaSettings(options=(("sasl.password", Secret("pa55word")),)),
         topics=(),
     )
-    assert settings.scrub(f"auth {API_KEY} / pa55word") == f"auth {MASK} / {MASK}"
+    assert settings.scrub(f"auth {API_KEY} / pa55word") == f"auth sk_test_{MASK} / {MASK}"
+    assert settings.scrub("Authorization: Bearer 0123456789abcdefXYZ") == f"Authorization: Bearer {MASK}"
 
 
 def test_every_accepted_field_type_builds_a_mapper(env: dict[str, str], tmp_path: Path) -> None:

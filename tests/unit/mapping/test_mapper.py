@@ -19,7 +19,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from connector.avro.decoder import registry_lookup
 from connector.config.settings import DEFAULT_SCHEMA, TopicSettings
 from connector.errors import ConfigurationError, DecodeError, MappingError, RecordRejected
-from connector.mapping.mapper import Mapper, derived_identifier, format_value
+from connector.mapping.identifiers import derived_identifier
+from connector.mapping.mapper import Mapper
+from connector.mapping.values import format_value
 from connector.records import Coordinates, KafkaRecord, MeterEvent
 
 NOW = 1_795_000_000_000  # 2026-11-18T11:06:40Z
