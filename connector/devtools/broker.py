@@ -1,4 +1,5 @@
 """A local Kafka-compatible broker (Tansu, optionally durable on a loopback S3) for the demo and the tests."""
+# Over 400 lines: one broker's lifecycle (Tansu and its moto store: start, restart, stop, CLI).
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ the subcommands they run exist and parse, the connector's environment is a valid
 services point at each other's real ports, the probes ask the paths the image's healthcheck asks, and
 the healthcheck and meter init scripts are run for real against local servers.
 """
+# Over 400 lines: a parser per packaging file and the wiring checks that use it.
 
 from __future__ import annotations
 
@@ -284,7 +285,7 @@ def test_dockerfile_runtime_image_installs_the_wheel_without_extras() -> None:
 def test_dockerfile_devtools_target_adds_the_devtools_extra() -> None:
     image = target_stage(DEVTOOLS_TARGET)
     installs = _installs(_venv_source(image))
-    assert any(w.endswith(f".whl)[{DEVTOOLS_TARGET}]\"") for w in installs), installs
+    assert any(w.endswith(f'.whl)[{DEVTOOLS_TARGET}]"') for w in installs), installs
     # The same user, working directory and entry point as the runtime image.
     for keyword in ("USER", "WORKDIR", "ENTRYPOINT"):
         assert image.last(keyword).args == final_stage().last(keyword).args, keyword
@@ -479,7 +480,10 @@ def service_argv(service: Mapping[str, Any]) -> list[str]:
         return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
 
     image = service_stage(service)
-    entrypoint = words(service["entrypoint"]) if "entrypoint" in service else image.last("ENTRYPOINT").exec_form()
+    if "entrypoint" in service:
+        entrypoint = words(service["entrypoint"])
+    else:
+        entrypoint = image.last("ENTRYPOINT").exec_form()
     if "command" in service:
         command = words(service["command"])
     else:

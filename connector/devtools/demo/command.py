@@ -1,4 +1,5 @@
 """``kafka-stripe demo``: its options, and one run from start-up to verdict."""
+# Over 400 lines: the options and the one run they drive (start-up, stream, stop, verdict).
 
 from __future__ import annotations
 

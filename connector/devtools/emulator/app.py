@@ -1,4 +1,5 @@
 """The raw ASGI app: routing, authentication, error shapes, fault injection and the stream hot path."""
+# Over 400 lines: the ASGI request cycle and its routing table are one unit.
 
 from __future__ import annotations
 

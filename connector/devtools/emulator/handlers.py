@@ -1,4 +1,5 @@
 """Route handlers other than the stream: request parameters in, domain calls, JSON objects out."""
+# Over 400 lines: one small handler per emulated Stripe endpoint, side by side.
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """Meters and meter events of one mode (test or live): queue, deduplication, validation, summaries."""
+# Over 400 lines: dedup, validation and sums share the hot path's structures.
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """In-process tests of meters: asynchronous validation, error reports, summaries and adjustments."""
+# Over 400 lines: the tests of the ledger's meter behaviour, together.
 
 from __future__ import annotations
 

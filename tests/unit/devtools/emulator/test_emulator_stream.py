@@ -1,4 +1,5 @@
 """In-process tests of the meter event stream: sessions, envelope rules, dedup, auth, faults, stats."""
+# Over 400 lines: the stream endpoint's envelope and answers, together.
 
 from __future__ import annotations
 
