@@ -137,6 +137,7 @@ def _render_results(results: Sequence[CheckResult]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The subcommand's options (``cli`` calls it only when this subcommand is chosen)."""
     parser.add_argument(
         "--json", action="store_true", help="print the configuration and results as JSON (secrets masked)"
     )
@@ -148,6 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The subcommand: its exit status (0 fine, 1 a failure it found, 2 it could not run)."""
     loaded = prologue.load("check", json_problems=args.json)
     if loaded is None:
         return prologue.EXIT_INVALID

@@ -80,7 +80,8 @@ async def _probe_stream(settings: Settings) -> _StreamProbe:
 
 def _stream_answer(answer: HttpResponse | TransportError) -> tuple[str, bool]:
     """What the meter-events host's answer to an empty request says, and whether that fails the check."""
-    from connector.stripe.http import Action, TransportError, classify
+    from connector.stripe.http import TransportError
+    from connector.stripe.outcomes import Action, classify
 
     if isinstance(answer, TransportError):
         return f"did not answer an empty stream request ({answer}): check STRIPE_METER_EVENTS_BASE", True

@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The subcommand: its exit status (0 fine, 1 a failure it found, 2 it could not run)."""
     if getattr(args, "dlq_command", None) != "replay":
         print(USAGE, file=sys.stderr)
         return prologue.EXIT_INVALID

@@ -182,6 +182,7 @@ class _Reading:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The subcommand's options (``cli`` calls it only when this subcommand is chosen)."""
     parser.add_argument("--topic", required=True, help="a consumed topic (CONNECTOR_TOPICS)")
     parser.add_argument(
         "--start",
@@ -211,6 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The subcommand: its exit status (0 fine, 1 a failure it found, 2 it could not run)."""
     loaded = prologue.load("reconcile")
     if loaded is None:
         return prologue.EXIT_INVALID

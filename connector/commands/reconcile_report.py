@@ -41,6 +41,8 @@ class Row:
 
 @dataclass
 class Report:
+    """A reconciliation: what was read and compared, every customer window, and the warnings."""
+
     topic: str
     event_name: str
     meter_id: str
@@ -113,6 +115,7 @@ def _number(value: Decimal | float | None) -> str:
 
 
 def render(report: Report, now: float, show_all: bool = False) -> str:
+    """The report as text: what was read, then the differing windows (every window with ``show_all``)."""
     tally = report.tally
     window = f"by {report.window}" if report.window else "one total per customer"
     lines = [
@@ -166,6 +169,7 @@ def render(report: Report, now: float, show_all: bool = False) -> str:
 
 
 def as_json(report: Report) -> dict[str, Any]:
+    """The report as a JSON document (``--json``); numbers as exact decimal strings."""
     tally = report.tally
     return {
         "topic": report.topic,

@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The subcommand: its exit status (0 fine, 1 a failure it found, 2 it could not run)."""
     loaded = prologue.load("run")
     if loaded is None:
         return prologue.EXIT_INVALID
