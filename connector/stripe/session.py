@@ -102,8 +102,7 @@ class SessionManager:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        # Any secret type with ``reveal()`` (duck-typed: settings may hand over its own for a while).
-        key = api_key if isinstance(api_key, str) else api_key.reveal()
+        key = api_key.reveal() if isinstance(api_key, Secret) else api_key
         self._http = http
         self._api_key = Secret(key, hint=key_prefix(key))  # masked in every repr
         self._masked_key = self._api_key.masked()  # sk_live_**********: the key's type and mode only
@@ -131,7 +130,7 @@ class SessionManager:
     ) -> SessionManager:
         return cls(
             http=http,
-            api_key=stripe.api_key.reveal(),
+            api_key=stripe.api_key,
             api_base=stripe.api_base,
             api_version=stripe.api_version,
             renew_margin_s=sender.session_renew_margin_s,

@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from connector.config.secrets import Redactor
+from connector.config.secrets import Redactor, Secret
 from connector.errors import ConnectorError
 from connector.stripe.http import HttpResponse, TransportError, describe_error
 from connector.stripe.limits import (
@@ -47,7 +47,6 @@ from connector.stripe.limits import (
 from connector.stripe.outcomes import Action, Outcome, classify
 
 if TYPE_CHECKING:
-    from connector.config.secrets import Secret
     from connector.config.settings import SenderSettings, StripeSettings
 
 # A command-line client waits at most this long between tries, whatever Retry-After asks.
@@ -209,8 +208,7 @@ class StripeClient:
         sleep: Callable[[float], None] = time.sleep,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        # Any secret type with ``reveal()`` (duck-typed: settings may hand over its own for a while).
-        key = api_key if isinstance(api_key, str) else api_key.reveal()
+        key = api_key.reveal() if isinstance(api_key, Secret) else api_key
         self._clean = Redactor([key])
         self.api_base = api_base.rstrip("/")
         self.livemode = is_live_key(key)
@@ -238,7 +236,7 @@ class StripeClient:
                 sender.http_read_timeout_s, connect=sender.http_connect_timeout_s
             )
         options.update(overrides)
-        return cls(stripe.api_key.reveal(), **options)
+        return cls(stripe.api_key, **options)
 
     def __repr__(self) -> str:
         return f"StripeClient(api_base={self.api_base!r}, mode={self.mode!r})"
