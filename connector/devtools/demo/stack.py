@@ -11,9 +11,10 @@ from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from connector.config.settings import ENV_PREFIXES
+from connector.kafka.deadletter import DeadLetterHeaders, Headers
 from connector.stripe.v1 import StripeApiError, StripeClient
 
 TOPIC = "usage"
@@ -180,10 +181,9 @@ class DeadLetterCounter:
             if message.error() is not None:
                 continue
             self.count += 1
-            headers = dict(message.headers() or ())
-            # The header name moves to connector.kafka.deadletter's reading API once that lands.
-            code = headers.get("kafka_stripe.error.code") or b"?"
-            self.codes[code.decode(errors="replace") if isinstance(code, bytes) else str(code)] += 1
+            # confluent-kafka's stubs allow str values; a consumed message's header values are bytes.
+            headers = cast(Headers, message.headers() or ())
+            self.codes[DeadLetterHeaders.read(headers).code or "?"] += 1
         return self.count
 
     def close(self) -> None:
