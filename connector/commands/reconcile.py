@@ -240,8 +240,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except ConnectorError as exc:  # ReconcileError, a topic Kafka cannot read, a bad mapping setting
         return prologue.refuse("reconcile", str(exc), redact)
+    # Stripe's answers are quoted in the notes: the whole output goes through the redactor.
     if args.json:
-        print(json.dumps(as_json(report), indent=2))
+        print(redact(json.dumps(as_json(report), indent=2)))
     else:
-        print(render(report, time.time(), show_all=args.all))
+        print(redact(render(report, time.time(), show_all=args.all)))
     return 1 if report.differences else 0
