@@ -10,8 +10,8 @@ from typing import Literal
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result
 
 from connector.stripe.outcomes import Action, Outcome
+from connector.stripe.ratelimit import Sleep
 
-Sleep = Callable[[float], Awaitable[None]]
 Attempt = Callable[[], Awaitable[Outcome]]
 # Why the sender waits: a 429, no answer at all, any other retryable answer, or Stripe-Should-Retry: false.
 BackoffReason = Literal["rate_limited", "transport", "other", "defer"]

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from connector.stripe.limits import (
     STREAM_PATH,
 )
 from connector.stripe.outcomes import Action, Outcome, classify
-from connector.stripe.ratelimit import AimdLimiter, TokenBucket
+from connector.stripe.ratelimit import AimdLimiter, Sleep, TokenBucket
 from connector.stripe.results import BatchResult as BatchResult  # re-exported for pipeline, telemetry
 from connector.stripe.results import Rejection
 from connector.stripe.results import SenderStats as SenderStats  # re-exported for pipeline, telemetry
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], Awaitable[None]]
 # Called with the reason each time the sender starts a back-off wait: the pipeline's signal to slow down.
 OnBackoff = Callable[[BackoffReason], None]
 
