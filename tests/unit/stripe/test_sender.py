@@ -13,8 +13,8 @@ import httpx
 import orjson
 import pytest
 
-from connector.config.secrets import redact
-from connector.config.settings import Secret, SenderSettings, StripeSettings
+from connector.config.secrets import Secret, redact
+from connector.config.settings import SenderSettings, StripeSettings
 from connector.devtools.emulator import EmulatorConfig, ManualClock, create_app
 from connector.devtools.emulator.app import EmulatorApp
 from connector.errors import FatalError, StripeRejected

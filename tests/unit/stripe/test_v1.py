@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.config.settings import Secret
+from connector.config.secrets import Secret
 from connector.devtools.emulator import EmulatorConfig, ManualClock, create_app
 from connector.stripe.v1 import (
     Meter,
