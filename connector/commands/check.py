@@ -18,7 +18,8 @@ from connector.commands.check_result import Check, CheckResult, plural
 from connector.commands.check_stream import check_stream
 from connector.commands.check_stripe import check_billing, check_meters, check_stripe, shared_meter_listing
 from connector.config.secrets import Redactor
-from connector.config.settings import Settings, inspect_schema, topic_env_key
+from connector.config.settings import Settings
+from connector.config.topics import inspect_schema, topic_env_key
 
 
 def check_configuration(settings: Settings) -> CheckResult:

@@ -10,7 +10,8 @@ from typing import Any
 
 from connector.commands.check_result import CheckResult, plural
 from connector.commands.prologue import redactor
-from connector.config.settings import Settings, topic_env_key
+from connector.config.settings import Settings
+from connector.config.topics import topic_env_key
 
 KAFKA_TIMEOUT_S = 10.0  # how long the broker may take to answer the metadata request
 

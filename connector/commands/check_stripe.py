@@ -14,7 +14,8 @@ from typing import Any
 
 from connector.commands.check_result import CheckResult, plural
 from connector.commands.prologue import redactor
-from connector.config.settings import Settings, TopicSettings, topic_env_key
+from connector.config.settings import Settings, TopicSettings
+from connector.config.topics import topic_env_key
 
 STRIPE_TIMEOUT_S = 10.0  # per Stripe request (no retries: a preflight reports, it does not insist)
 

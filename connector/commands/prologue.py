@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
+from connector.config.environment import load_settings, scrub_environ
 from connector.config.secrets import Redactor
-from connector.config.settings import Settings, load_settings, scrub_environ
+from connector.config.settings import Settings
 from connector.errors import ConfigurationError
 
 # The exit status of a command that cannot start: an invalid configuration or invalid arguments.
@@ -33,7 +34,7 @@ class Loaded:
 
 def redactor(settings: Settings) -> Redactor:
     """The redactor for CLI output: the settings' secrets, and credentials of any shape."""
-    return Redactor(secret.reveal() for secret in settings.secrets())
+    return Redactor(settings.secrets())
 
 
 def load(

@@ -125,7 +125,8 @@ class _Reading:
         idle_s: float,
         progress: TextIO | None,
     ) -> None:
-        from connector.mapping.mapper import Mapper, identifier_prefix
+        from connector.mapping.identifiers import identifier_prefix
+        from connector.mapping.mapper import Mapper
         from connector.pipeline.loop import schema_lookup_for
 
         self.settings = settings

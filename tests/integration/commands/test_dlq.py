@@ -20,11 +20,13 @@ from confluent_kafka import Producer
 from connector.commands import dlq as replay_command
 from connector.commands.dlq_replay import DEFAULT_GROUP
 from connector.config.secrets import Secret
-from connector.config.settings import TopicSettings, topic_env_key
+from connector.config.settings import TopicSettings
+from connector.config.topics import topic_env_key
 from connector.devtools.emulator import EmulatorProcess
 from connector.errors import DecodeError, MappingError
 from connector.kafka.deadletter import dead_letter_headers
-from connector.mapping.mapper import Mapper, derived_identifier
+from connector.mapping.identifiers import derived_identifier
+from connector.mapping.mapper import Mapper
 from connector.records import Coordinates, KafkaRecord
 from connector.stripe.sender import MeterEventSender
 from tests.support.harness import (

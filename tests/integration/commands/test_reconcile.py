@@ -20,8 +20,10 @@ from confluent_kafka import Producer
 
 from connector.commands import reconcile as reconcile_command
 from connector.config.secrets import Secret
-from connector.config.settings import TopicSettings, topic_env_key
-from connector.mapping.mapper import Mapper, derived_identifier
+from connector.config.settings import TopicSettings
+from connector.config.topics import topic_env_key
+from connector.mapping.identifiers import derived_identifier
+from connector.mapping.mapper import Mapper
 from connector.records import Coordinates, KafkaRecord, MeterEvent
 from connector.stripe.sender import MeterEventSender
 from tests.support.harness import (
@@ -391,7 +393,7 @@ def test_partitions_are_read_to_their_real_end(
     base offset + 1) is far short of the end, and reading must not stop there."""
     from confluent_kafka import TopicPartition
 
-    from connector.config.settings import load_settings
+    from connector.config.environment import load_settings
     from connector.kafka.clients import reader_consumer
     from connector.kafka.reader import PartitionReader, partition_metadata, watermarks
 

@@ -18,8 +18,9 @@ from connector.cli import SUBCOMMANDS, build_parser
 from connector.commands import check as check_command
 from connector.commands import prologue
 from connector.commands import run as run_command
+from connector.config.environment import load_settings
 from connector.config.secrets import MASK
-from connector.config.settings import ENV_PREFIXES, Settings, load_settings
+from connector.config.settings import ENV_PREFIXES, Settings
 
 REPO = Path(__file__).resolve().parents[3]
 API_KEY = "sk_live_51ZyXwVuTsRqPoNmLkJiH"

@@ -180,7 +180,7 @@ def test_partitions_watermarks_and_where_reading_starts() -> None:
 
 
 def test_the_reader_consumer_commits_nothing_by_itself_and_reports_partition_ends() -> None:
-    from connector.config.settings import load_settings
+    from connector.config.environment import load_settings
 
     settings = load_settings(
         {
