@@ -178,9 +178,9 @@ def test_run_hands_the_settings_to_the_pipeline(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     received: list[Settings] = []
-    pipeline = types.ModuleType("connector.pipeline.loop")
+    pipeline = types.ModuleType(run_command.PIPELINE_MODULE)
     pipeline.run = lambda settings: received.append(settings) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "connector.pipeline.loop", pipeline)
+    monkeypatch.setitem(sys.modules, run_command.PIPELINE_MODULE, pipeline)
     # Nothing answers on port 1: run's meter preflight warns and starts anyway.
     config |= {"STRIPE_API_BASE": "http://127.0.0.1:1"}
     environ.use(config)
@@ -204,9 +204,9 @@ def test_run_announces_in_json_when_logs_are_json(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    pipeline = types.ModuleType("connector.pipeline.loop")
+    pipeline = types.ModuleType(run_command.PIPELINE_MODULE)
     pipeline.run = lambda settings: 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "connector.pipeline.loop", pipeline)
+    monkeypatch.setitem(sys.modules, run_command.PIPELINE_MODULE, pipeline)
     environ.use(config | {"CONNECTOR_LOG_FORMAT": "json", "STRIPE_API_BASE": "http://127.0.0.1:1"})
     assert run_command.run(argparse.Namespace()) == 0
     first, *_ = capsys.readouterr().err.splitlines()
