@@ -32,15 +32,16 @@ from confluent_kafka import Message
 from benchmarks.e2e import records_now
 from connector.config.settings import load_settings, topic_env_key
 from connector.devtools.emulator import EmulatorProcess
-from connector.pipeline.loop import Pipeline, tune_interpreter
+from connector.pipeline.loop import Pipeline
+from connector.pipeline.sender_thread import THREAD_NAME as SENDER_THREAD
 from connector.records import MeterEvent
+from connector.runtime.process import new_event_loop, tune_interpreter
 from connector.stripe.sender import BatchResult, MeterEventSender, SenderStats
 from tests.support.harness import SCHEMA, connector_env
 
 TOPIC = "usage"
 PARTITIONS = 8
 DISTINCT_VALUES = 10_000
-SENDER_THREAD = "kafka-stripe-sender"  # connector.pipeline.loop names its sender thread so
 
 
 class _Partition:
@@ -162,23 +163,27 @@ def run_once(messages: list[Any], url: str | None) -> dict[str, float]:
     settings = load_settings(env)
     consumer = StandInConsumer(messages)
 
-    def sender() -> Any:
+    def sender(on_backoff: Any) -> Any:
         if url is None:
             return InstantSender()
-        return MeterEventSender.from_settings(settings.stripe, settings.sender)
+        return MeterEventSender.from_settings(settings.stripe, settings.sender, on_backoff=on_backoff)
 
     pipeline = Pipeline(
-        settings, sender, consumer_factory=lambda _config: consumer, producer_factory=StandInProducer
+        settings,
+        sender,
+        consumer_factory=lambda _config: consumer,
+        producer_factory=StandInProducer,
+        loop_factory=new_event_loop,  # as kafka-stripe run: uvloop when installed
     )
     consumer.pipeline = pipeline
     started, consumer_cpu, process_cpu = time.perf_counter(), time.thread_time(), time.process_time()
-    status = pipeline.run()
+    fatal = pipeline.run()
     elapsed = time.perf_counter() - started
     consumer_cpu = time.thread_time() - consumer_cpu
     process_cpu = time.process_time() - process_cpu
     count = len(messages)
-    if status != 0 or pipeline.progress.delivered != count:
-        raise SystemExit(f"run failed: exit {status}, {pipeline.progress.delivered} of {count} delivered")
+    if fatal is not None or pipeline.progress.delivered != count:
+        raise SystemExit(f"run failed: {fatal}, {pipeline.progress.delivered} of {count} delivered")
     return {
         "rate": count / elapsed,
         "consumer_us": consumer_cpu / count * 1e6,

@@ -18,20 +18,20 @@ class Item(NamedTuple):
     # The consumed message as the client returned it: its offset marks the record done, its bytes and
     # coordinates go to the dead-letter topic if Stripe refuses the event.
     message: ConsumedMessage
-    tracker: PartitionOffsets  # the partition epoch the record was consumed under
+    offsets: PartitionOffsets  # the partition epoch the record was consumed under
 
 
 class Batch:
     """Events sent in one request; ``items[i]`` is the source of ``events[i]``."""
 
-    __slots__ = ("created_at", "items", "trackers")
+    __slots__ = ("created_at", "items", "partitions")
 
     def __init__(self, items: list[Item], created_at: float) -> None:
         self.items = items
         self.created_at = created_at
         # The distinct partition epochs the batch touches, in first-seen order; worked out once, as the
         # pipeline counts the batch out to them and back in.
-        self.trackers: list[PartitionOffsets] = list({id(i.tracker): i.tracker for i in items}.values())
+        self.partitions: list[PartitionOffsets] = list({id(i.offsets): i.offsets for i in items}.values())
 
     @property
     def events(self) -> Sequence[MeterEvent]:

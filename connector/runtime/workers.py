@@ -20,6 +20,7 @@ from dataclasses import replace
 from types import FrameType
 
 from connector.config.settings import Settings
+from connector.runtime.process import run_one
 
 log = logging.getLogger("kafka_stripe.workers")
 
@@ -29,9 +30,7 @@ _PR_SET_PDEATHSIG = 1
 def _worker(settings: Settings, index: int) -> None:
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    from connector.pipeline import loop as pipeline
-
-    raise SystemExit(pipeline.run_one(settings, worker=index))
+    raise SystemExit(run_one(settings, worker=index))
 
 
 def supervise(settings: Settings) -> int:

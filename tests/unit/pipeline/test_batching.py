@@ -58,10 +58,10 @@ def test_a_batch_lists_each_partition_epoch_once_in_first_seen_order() -> None:
         event = MeterEvent(f"id-{n}", "api_requests", "2026-11-23T00:00:00.000Z", {"value": "1"})
         batcher.add(Item(event, record, tracker), now=0)
     batch = batcher.flush()
-    assert batch is not None and batch.trackers == [a, b, c]
+    assert batch is not None and batch.partitions == [a, b, c]
     # The next batch starts with an empty list; a batch built by hand works its list out itself.
     batcher.add(item(9), now=0)
     following = batcher.flush()
-    assert following is not None and len(following.trackers) == 1
+    assert following is not None and len(following.partitions) == 1
     again = type(batch)(batch.items, 0.0)
-    assert again.trackers == [a, b, c]
+    assert again.partitions == [a, b, c]

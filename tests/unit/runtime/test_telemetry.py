@@ -1,4 +1,4 @@
-"""Unit tests of ``connector.runtime.telemetry``: metrics over a real socket, health rules, redacted logs."""
+"""Unit tests of ``connector.runtime`` metrics, health and logging: a real socket, readiness, masked logs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Literal
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from connector.config.secrets import redact
 from connector.config.settings import (
     MASK,
     KafkaSettings,
@@ -23,20 +24,10 @@ from connector.config.settings import (
     TelemetrySettings,
 )
 from connector.errors import FatalError
-from connector.runtime.telemetry import (
-    MAX_DEAD_LETTER_CODES,
-    HealthPolicy,
-    HealthView,
-    PartitionSnapshot,
-    PartitionView,
-    RedactingFilter,
-    SessionSnapshot,
-    Snapshot,
-    Telemetry,
-    assess,
-    configure_logging,
-    redact,
-)
+from connector.runtime.health import HealthPolicy, HealthView, PartitionView, assess
+from connector.runtime.logging import RedactingFilter, configure_logging
+from connector.runtime.metrics import MAX_DEAD_LETTER_CODES, Telemetry
+from connector.runtime.snapshot import PartitionSnapshot, SessionSnapshot, Snapshot
 from connector.stripe.sender import SenderStats
 
 T0 = 1_000.0
