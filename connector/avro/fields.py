@@ -1,5 +1,4 @@
-"""Field-path rules, once: what type is at a dotted path, and which types each role (customer, value,
-timestamp, identifier, payload) accepts. Used by the settings, the mapper and ``check``."""
+"""Field-path rules, once: the type at a dotted path and which types each role accepts."""
 
 from __future__ import annotations
 

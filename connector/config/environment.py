@@ -1,5 +1,4 @@
-"""The environment reader: one function per section (stripe, kafka, schema registry, topics, pipeline,
-sender, telemetry) into one validated ``Settings``; every problem reported at once."""
+"""The environment reader: one function per section, all into one validated ``Settings``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Reading environment variables: typed getters that collect problems instead of raising, and the
-record of which variables were read (what is left over under our prefixes is a typo)."""
+"""Typed getters over environment variables that collect problems and remember what was read."""
 
 from __future__ import annotations
 

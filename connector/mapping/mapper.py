@@ -1,5 +1,4 @@
-"""Decoded usage records → Stripe meter events: the ``Mapper`` of a topic, its fields checked against the
-schema by ``avro.fields``' rules, and the per-record rules (values, timestamps, identifiers: see siblings)."""
+"""Decoded usage records → Stripe meter events: a topic's ``Mapper`` and its per-record rules."""
 
 from __future__ import annotations
 
