@@ -42,7 +42,6 @@ from connector.pipeline.flow import FlowControl
 from connector.pipeline.offsets import OffsetTracker, PartitionOffsets
 from connector.pipeline.progress import PROGRESS_INTERVAL_S, VIEW_INTERVAL_S, Progress, Reporter
 from connector.pipeline.rebalance import Rebalancer
-from connector.pipeline.sender_thread import BatchSender as BatchSender  # re-exported for older imports
 from connector.pipeline.sender_thread import Failed, SenderFactory, SenderThread
 from connector.records import KafkaRecord, MeterEvent, kafka_timestamp_ms
 from connector.runtime.metrics import Telemetry
