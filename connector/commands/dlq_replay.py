@@ -275,7 +275,7 @@ class Replay:
         mapper = self._mappers.get(topic)
         if mapper is None:
             from connector.mapping.mapper import Mapper
-            from connector.pipeline.loop import schema_lookup_for
+            from connector.runtime.process import schema_lookup_for
 
             mapper = Mapper(self.settings.topic(topic), schema_lookup_for(self.settings))
             self._mappers[topic] = mapper

@@ -127,7 +127,7 @@ class _Reading:
     ) -> None:
         from connector.mapping.identifiers import identifier_prefix
         from connector.mapping.mapper import Mapper
-        from connector.pipeline.loop import schema_lookup_for
+        from connector.runtime.process import schema_lookup_for
 
         self.settings = settings
         self.topic = topic

@@ -11,7 +11,8 @@ from connector.commands import prologue
 from connector.config.secrets import Redactor
 from connector.config.settings import Settings
 
-PIPELINE_MODULE = "connector.pipeline.loop"
+# The process entry around the run loop (signals, workers); imported only once the settings are valid.
+PIPELINE_MODULE = "connector.runtime.process"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
         return prologue.EXIT_INVALID
     # Imported here: the pipeline's imports (the Kafka client, the sender's event loop) are paid only
     # by a configuration that is valid and allowed to start.
-    pipeline = importlib.import_module(PIPELINE_MODULE)
-    status: int = pipeline.run(settings)
+    process = importlib.import_module(PIPELINE_MODULE)
+    status: int = process.run(settings)
     return status
 
 
