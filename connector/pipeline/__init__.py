@@ -1,1 +1,1 @@
-"""The run loop: consuming, batching, handing batches to the sender, offsets and commits."""
+"""The run loop and its parts: offsets, batching, flow control, rebalances, the sender thread, progress."""

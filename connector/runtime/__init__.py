@@ -1,1 +1,1 @@
-"""The process around the pipeline: entry, signals, worker processes, telemetry."""
+"""The process around the pipeline: entry and signals, worker processes, metrics, health server, logging."""
