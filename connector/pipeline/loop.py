@@ -424,13 +424,3 @@ class Pipeline:
 
     def _log_progress(self) -> None:
         self._reporter.log_line(self._consumer, self._in_flight_records, self.flow.paused)
-
-
-def __getattr__(name: str) -> Any:
-    # re-exported for connector.commands (run: PIPELINE_MODULE.run; reconcile, dlq: schema_lookup_for)
-    # until they import connector.runtime.process; lazily, as the process entry imports this module.
-    if name in ("run", "run_one", "schema_lookup_for"):
-        from connector.runtime import process
-
-        return getattr(process, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
