@@ -80,7 +80,7 @@ import fastavro
 import httpx
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from connector.config.settings import topic_env_key
+from connector.config.topics import topic_env_key
 from connector.devtools.broker import EmbeddedBroker, die_with_parent
 from connector.devtools.emulator import EmulatorProcess
 from connector.devtools.samples import WIDE_ATTRIBUTES, SampleRecords, random_customer_ids

@@ -30,13 +30,15 @@ import fastavro
 from confluent_kafka import Message
 
 from benchmarks.e2e import records_now
-from connector.config.settings import load_settings, topic_env_key
+from connector.config.environment import load_settings
+from connector.config.topics import topic_env_key
 from connector.devtools.emulator import EmulatorProcess
 from connector.pipeline.loop import Pipeline
 from connector.pipeline.sender_thread import THREAD_NAME as SENDER_THREAD
 from connector.records import MeterEvent
 from connector.runtime.process import new_event_loop, tune_interpreter
-from connector.stripe.sender import BatchResult, MeterEventSender, SenderStats
+from connector.stripe.results import BatchResult, SenderStats
+from connector.stripe.sender import MeterEventSender
 from tests.support.harness import SCHEMA, connector_env
 
 TOPIC = "usage"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
-from connector.config.secrets import MASK, Redactor, Secret, is_secret_property
+from connector.config.secrets import Redactor, Secret
 from connector.stripe.limits import (
     DEFAULT_API_BASE,
     DEFAULT_API_VERSION,
@@ -16,64 +16,6 @@ from connector.stripe.limits import (
     MAX_PAST_SECONDS,
     is_live_key,
 )
-
-if TYPE_CHECKING:
-    # Re-exported for modules that import these from here; the homes are named below (lazy at run time,
-    # because those modules build on this one).
-    from connector.avro.fields import FieldReport as FieldReport
-    from connector.avro.fields import SchemaReport as SchemaReport
-    from connector.config.environment import load_settings as load_settings
-    from connector.config.environment import scrub_environ as scrub_environ
-    from connector.config.topics import inspect_schema as inspect_schema
-    from connector.config.topics import topic_env_key as topic_env_key
-    from connector.config.topics import topic_name_problem as topic_name_problem
-
-__all__ = [
-    "DEFAULT_API_BASE",
-    "DEFAULT_API_VERSION",
-    "DEFAULT_GROUP_ID",
-    "DEFAULT_SCHEMA",
-    "ENV_PREFIXES",
-    "MASK",
-    "FieldReport",
-    "KafkaSettings",
-    "PipelineSettings",
-    "SchemaRegistrySettings",
-    "SchemaReport",
-    "Secret",
-    "SenderSettings",
-    "Settings",
-    "StripeSettings",
-    "TelemetrySettings",
-    "TopicSettings",
-    "inspect_schema",
-    "is_secret_property",
-    "load_settings",
-    "scrub_environ",
-    "topic_env_key",
-    "topic_name_problem",
-]
-
-# re-exported for callers that still import them from connector.config.settings (issue 13 moves them)
-_MOVED = {
-    "load_settings": "connector.config.environment",
-    "scrub_environ": "connector.config.environment",
-    "inspect_schema": "connector.config.topics",
-    "topic_env_key": "connector.config.topics",
-    "topic_name_problem": "connector.config.topics",
-    "FieldReport": "connector.avro.fields",
-    "SchemaReport": "connector.avro.fields",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The re-exported names of ``_MOVED``, imported on first use (their modules import this one)."""
-    home = _MOVED.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(home), name)
 
 
 def _default_schema() -> Path:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Protocol, TextIO
 
-from connector.config.settings import topic_name_problem
+from connector.config.topics import topic_name_problem
 from connector.devtools.samples import SampleRecords, encode, load_schema
 
 PROG = "python -m connector.devtools.sample_producer"

@@ -13,11 +13,7 @@ from connector.avro.decoder import Decoder, SchemaLookup
 from connector.avro.fields import FieldUse, Role, check_fields, is_micros, is_text_map, lookup
 from connector.config.settings import TopicSettings
 from connector.errors import ConfigurationError, MappingError, RecordRejected
-from connector.mapping.identifiers import MAX_IDENTIFIER
-
-# re-exported for the dlq and reconcile tests and commands, which import them from here
-from connector.mapping.identifiers import derived_identifier as derived_identifier
-from connector.mapping.identifiers import identifier_prefix as identifier_prefix
+from connector.mapping.identifiers import MAX_IDENTIFIER, identifier_prefix
 from connector.mapping.timestamps import MILLIS, out_of_range, parse_time, second_prefix
 from connector.mapping.values import MAX_EXACT, format_value, not_whole, payload_text, show, text_entries
 from connector.records import Coordinates, KafkaRecord, MeterEvent

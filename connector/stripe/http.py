@@ -14,10 +14,6 @@ import httpx
 
 from connector.errors import RetryableError
 
-# re-exported for connector.commands.check, which imports them from here; new code imports outcomes
-from connector.stripe.outcomes import Action as Action
-from connector.stripe.outcomes import classify as classify
-
 # ------------------------------------------------------------------------------------------ the seam
 
 

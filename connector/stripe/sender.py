@@ -30,9 +30,7 @@ from connector.stripe.limits import (
 )
 from connector.stripe.outcomes import Action, Outcome, classify
 from connector.stripe.ratelimit import AimdLimiter, Sleep, TokenBucket
-from connector.stripe.results import BatchResult as BatchResult  # re-exported for pipeline, telemetry
-from connector.stripe.results import Rejection
-from connector.stripe.results import SenderStats as SenderStats  # re-exported for pipeline, telemetry
+from connector.stripe.results import BatchResult, Rejection, SenderStats
 from connector.stripe.retry import BackoffReason, Retrier, RetryPolicy, backoff_reason
 from connector.stripe.session import Session, SessionManager, SessionUnavailable
 

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "connector"
 DEVTOOLS = "connector.devtools"
@@ -170,10 +168,6 @@ def long_functions(modules: dict[str, Module]) -> list[str]:
     return sorted(found)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the restructure (issue 13) is shortening the remaining long functions; strict once it lands",
-)
 def test_no_function_is_longer_than_sixty_lines() -> None:
     found = long_functions(load_modules())
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(found)

@@ -32,7 +32,8 @@ import pytest
 import yaml
 
 from connector.cli import SUBCOMMANDS, build_parser
-from connector.config.settings import DEFAULT_SCHEMA, Settings, TelemetrySettings, load_settings
+from connector.config.environment import load_settings
+from connector.config.settings import DEFAULT_SCHEMA, Settings, TelemetrySettings
 from connector.devtools import sample_producer
 from connector.devtools.emulator import EmulatorProcess
 from connector.devtools.emulator.catalog import CUSTOMER_ID

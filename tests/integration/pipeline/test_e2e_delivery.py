@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.config.settings import topic_env_key
+from connector.config.topics import topic_env_key
 from connector.devtools.broker import EmbeddedBroker
 from connector.devtools.emulator import EmulatorProcess
 from tests.support.e2e import (

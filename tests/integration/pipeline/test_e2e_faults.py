@@ -21,7 +21,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from connector.config.settings import topic_env_key
+from connector.config.topics import topic_env_key
 from connector.devtools.emulator import EmulatorProcess
 from tests.support.faults import (
     HOUR_S,

@@ -10,7 +10,8 @@ from typing import Any
 
 from confluent_kafka import Message, TopicPartition
 
-from connector.config.settings import Settings, load_settings
+from connector.config.environment import load_settings
+from connector.config.settings import Settings
 from connector.records import MeterEvent
 from connector.stripe.results import BatchResult, SenderStats
 from tests.support.harness import encode, usage

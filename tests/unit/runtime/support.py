@@ -17,7 +17,7 @@ from connector.config.settings import (
 )
 from connector.runtime.metrics import Telemetry
 from connector.runtime.snapshot import PartitionSnapshot, SessionSnapshot, Snapshot
-from connector.stripe.sender import SenderStats
+from connector.stripe.results import SenderStats
 
 T0 = 1_000.0
 WALL = 1_795_000_000.0
