@@ -33,6 +33,7 @@ from benchmarks.e2e import records_now
 from connector.config.environment import load_settings
 from connector.config.topics import topic_env_key
 from connector.devtools.emulator import EmulatorProcess
+from connector.pipeline.identity import StaticIdentity
 from connector.pipeline.loop import Pipeline
 from connector.pipeline.sender_thread import THREAD_NAME as SENDER_THREAD
 from connector.records import MeterEvent
@@ -173,6 +174,8 @@ def run_once(messages: list[Any], url: str | None) -> dict[str, float]:
     pipeline = Pipeline(
         settings,
         sender,
+        # No cluster, no ledger: fixed topic ids (the ledger's cost is measured by benchmarks.e2e).
+        lambda mappers: StaticIdentity(mappers, {TOPIC: "TopicIdOfBench00000001"}),
         consumer_factory=lambda _config: consumer,
         producer_factory=StandInProducer,
         loop_factory=new_event_loop,  # as kafka-stripe run: uvloop when installed

@@ -50,6 +50,10 @@ def check_kafka(settings: Settings) -> CheckResult:
                 admin.poll(0.2)  # serve the log lines that say why
         return _unanswered(settings, exc, handler.lines)
     problems, warnings, details = _topic_findings(settings, metadata)
+    if not problems:
+        identity_problems, identity_details = _identity_findings(settings, admin, metadata)
+        problems += identity_problems
+        details += identity_details
     brokers = len(metadata.brokers)
     where = f"{settings.kafka.bootstrap_servers} answered ({plural(brokers, 'broker')})"
     if problems:
@@ -106,6 +110,32 @@ def _topic_findings(settings: Settings, metadata: Any) -> tuple[list[str], list[
         else:
             details.append(f"{topic.dlq_topic}: {len(dlq.partitions)} partition(s) (dead letters)")
     return problems, warnings, details
+
+
+def _identity_findings(settings: Settings, admin: Any, metadata: Any) -> tuple[list[str], list[str]]:
+    """(problems, details): each topic's identifier namespace (its topic id, or the configured one) and
+    the delivery ledger topic."""
+    from connector.errors import ConfigurationError
+    from connector.kafka.topics import namespaces, topic_ids
+
+    configured = {t.name: t.namespace for t in settings.topics}
+    try:
+        found = topic_ids(admin, [name for name, ns in configured.items() if ns is None])
+        chosen = namespaces(configured, found)
+    except ConfigurationError as exc:
+        return list(exc.problems), []
+    except Exception as exc:  # a broker that cannot describe topics: the same as no topic ids
+        return [f"the cluster did not describe the topics ({exc}): set TOPIC_<T>_NAMESPACE per topic"], []
+    details = [
+        f"{name}: identifiers in namespace {ns} ({'TOPIC_<T>_NAMESPACE' if configured[name] else 'topic id'})"
+        for name, ns in chosen.items()
+    ]
+    ledger = settings.pipeline.ledger_topic
+    if ledger in metadata.topics:
+        details.append(f"{ledger}: the delivery ledger (CONNECTOR_LEDGER_TOPIC)")
+    else:
+        details.append(f"{ledger}: the delivery ledger does not exist yet; `run` creates it (compacted)")
+    return [], details
 
 
 def _distinct_tail(lines: Sequence[str], count: int) -> list[str]:

@@ -24,6 +24,7 @@ class DeadLetter:
     code: str  # why it was dead-lettered (kafka_stripe.error.code)
     reason: str
     problem: str = ""  # why it cannot be replayed (original is None)
+    namespace: str | None = None  # the identifier namespace of its first attempt, when the headers say
 
     @property
     def label(self) -> str:
@@ -39,7 +40,8 @@ def parse_dead_letter(
 ) -> DeadLetter:
     """Rebuild the original record from a dead letter's headers (``DeadLetterHeaders.read``)."""
     read = DeadLetterHeaders.read(headers)
-    return DeadLetter(where, read.original(key, value, timestamp_ms), read.code, read.reason, read.problem)
+    original = read.original(key, value, timestamp_ms)
+    return DeadLetter(where, original, read.code, read.reason, read.problem, read.namespace)
 
 
 @dataclass(slots=True)

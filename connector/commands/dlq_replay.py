@@ -170,6 +170,7 @@ class Replay:
         self.commits = ReplayCommits(dlq_topic, group, self._say)
         self._sending = _Sending(settings, sender_factory)
         self._mappers: dict[str, Any] = {}
+        self._namespaces: dict[str, str] = {}
         self._seen: dict[str, DeadLetter] = {}  # identifier -> the dead letter that sent it in this run
         self._pending: list[Outcome] = []
 
@@ -250,8 +251,11 @@ class Replay:
                 "to replay its records",
             )
         now_ms = int(self.clock() * 1000)
+        mapper = self._mapper(record.topic)
+        # The namespace the first attempt used (a topic re-created since has another id).
+        mapper.use_namespace(dead_letter.namespace or self._namespace(record.topic))
         try:
-            event = self._mapper(record.topic).map_record(record, now_ms)
+            event = mapper.map_record(record, now_ms)
         except RecordRejected as exc:
             outcome = Outcome(dead_letter, "still failing", f"{exc.code}: {exc.reason}")
             if exc.code in AGE_CODES:
@@ -280,6 +284,15 @@ class Replay:
             mapper = Mapper(self.settings.topic(topic), schema_lookup_for(self.settings))
             self._mappers[topic] = mapper
         return mapper
+
+    def _namespace(self, topic: str) -> str:
+        namespace = self._namespaces.get(topic)
+        if namespace is None:
+            from connector.kafka.topics import current_namespace
+
+            namespace = current_namespace(dict(self.settings.producer_config()), self.settings.topic(topic))
+            self._namespaces[topic] = namespace
+        return namespace
 
     def _flush(self) -> None:
         """Send the pending events as one batch and settle each one."""

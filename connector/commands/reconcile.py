@@ -125,6 +125,7 @@ class _Reading:
         idle_s: float,
         progress: TextIO | None,
     ) -> None:
+        from connector.kafka.topics import current_namespace
         from connector.mapping.identifiers import identifier_prefix
         from connector.mapping.mapper import Mapper
         from connector.runtime.process import schema_lookup_for
@@ -137,7 +138,9 @@ class _Reading:
         # The 35-day age limit is lifted: a historical window must reconcile too. Records the connector
         # dead-lettered for their age then show as usage Stripe does not have, which is the truth.
         self.mapper = Mapper(dataclasses.replace(topic, max_past_seconds=10**11), schema_lookup_for(settings))
-        self.prefix = identifier_prefix(topic.name)
+        namespace = current_namespace(dict(settings.producer_config()), topic)
+        self.mapper.use_namespace(namespace)
+        self.prefix = identifier_prefix(topic.name, namespace)
         self.warnings: list[str] = []
 
     def read_into(self, tally: Tally, start: int, from_beginning: bool, redact: Redactor) -> int:

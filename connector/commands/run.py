@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -26,6 +27,12 @@ def run(args: argparse.Namespace) -> int:
         return prologue.EXIT_INVALID
     settings = loaded.settings
     announce(settings)
+    namespace = ledger_namespace(settings, loaded.redact)
+    if namespace is None:
+        return prologue.EXIT_INVALID
+    settings = dataclasses.replace(
+        settings, pipeline=dataclasses.replace(settings.pipeline, ledger_namespace=namespace)
+    )
     refusals = preflight(settings, loaded.redact)
     if refusals:
         print("kafka-stripe run: refusing to start:", file=sys.stderr)
@@ -37,6 +44,36 @@ def run(args: argparse.Namespace) -> int:
     process = importlib.import_module(PIPELINE_MODULE)
     status: int = process.run(settings)
     return status
+
+
+def ledger_namespace(settings: Settings, redact: Redactor) -> str | None:
+    """The delivery ledger's namespace: ``CONNECTOR_LEDGER_NAMESPACE``, else the Stripe account and mode
+    (``acct_….test``), looked up once with the key, so a rotated key of the same account keeps its marks.
+    None (after saying why) when it can be neither."""
+    from connector.commands.check_stripe import STRIPE_TIMEOUT_S
+    from connector.stripe.limits import key_mode
+    from connector.stripe.v1 import StripeApiError, StripeClient
+
+    configured = settings.pipeline.ledger_namespace
+    if configured:
+        return configured
+    try:
+        with StripeClient.from_settings(settings.stripe, timeout=STRIPE_TIMEOUT_S, max_retries=2) as client:
+            account = str(client.get("/v1/account").get("id") or "")
+    except StripeApiError as exc:
+        account, why = "", redact(str(exc))
+    else:
+        why = "Stripe's answer has no account id"
+    if not account:
+        print(
+            f"kafka-stripe run: cannot look up the Stripe account for the delivery ledger ({why}); "
+            "set CONNECTOR_LEDGER_NAMESPACE (the same value for every deployment billing this account)",
+            file=sys.stderr,
+        )
+        return None
+    namespace = f"{account}.{key_mode(settings.stripe.api_key.reveal())}"
+    print(f"kafka-stripe run: delivery ledger namespace {namespace}", file=sys.stderr)
+    return namespace
 
 
 def preflight(settings: Settings, redact: Redactor | None = None) -> list[str]:

@@ -22,7 +22,13 @@ from connector.config.settings import (
     TelemetrySettings,
     TopicSettings,
 )
-from connector.config.topics import read_topic, read_topic_names, topic_env_key, unknown_topic_variables
+from connector.config.topics import (
+    read_topic,
+    read_topic_names,
+    topic_env_key,
+    topic_name_problem,
+    unknown_topic_variables,
+)
 from connector.errors import ConfigurationError
 from connector.stripe.limits import (
     DEFAULT_API_BASE,
@@ -238,6 +244,12 @@ def _read_topics(reader: Reader, *, registry: bool) -> tuple[TopicSettings, ...]
                 f"TOPIC_{topic_env_key(topic.name)}_DLQ_TOPIC is {what}: "
                 "rejected records would be consumed again"
             )
+    namespaces = [t.namespace for t in topics if t.namespace]
+    for namespace in sorted({n for n in namespaces if namespaces.count(n) > 1}):
+        reader.problem(
+            f"TOPIC_<T>_NAMESPACE {namespace!r} is set for several topics: their derived identifiers could "
+            "collide; give each topic its own"
+        )
     return topics
 
 
@@ -255,7 +267,12 @@ def _read_pipeline(reader: Reader) -> PipelineSettings:
         if reader.choice("CONNECTOR_ON_INVALID", "dlq", ("dlq", "fail")) == "fail"
         else "dlq",
         workers=reader.integer("CONNECTOR_WORKERS", 1, minimum=1),
+        ledger_topic=reader.text("CONNECTOR_LEDGER_TOPIC", "kafka-stripe.ledger"),
+        ledger_namespace=reader.raw("CONNECTOR_LEDGER_NAMESPACE"),
     )
+    problem = topic_name_problem(pipeline.ledger_topic)
+    if problem:
+        reader.problem(f"CONNECTOR_LEDGER_TOPIC: {problem}")
     if pipeline.max_buffered_records < pipeline.batch_size:
         reader.problem(
             f"CONNECTOR_MAX_BUFFERED_RECORDS ({pipeline.max_buffered_records}) must be at least "

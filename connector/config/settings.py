@@ -87,6 +87,8 @@ class TopicSettings:
     max_future_seconds: int = MAX_FUTURE_SECONDS
     # Stripe takes whole numbers only unless the account has decimal values enabled (on request).
     decimal_values: bool = False
+    # The namespace of derived identifiers (TOPIC_<T>_NAMESPACE); None: the topic's Kafka topic id.
+    namespace: str | None = None
 
     def redacted(self) -> dict[str, object]:
         return {
@@ -104,6 +106,7 @@ class TopicSettings:
             "max_past_seconds": self.max_past_seconds,
             "max_future_seconds": self.max_future_seconds,
             "decimal_values": self.decimal_values,
+            "namespace": self.namespace,
         }
 
 
@@ -188,6 +191,10 @@ class PipelineSettings:
     shutdown_timeout_s: float = 30.0
     on_invalid: OnInvalid = "dlq"
     workers: int = 1
+    # The delivery ledger: a compacted topic shared by every group on purpose, and the namespace of its
+    # marks (None: the Stripe account and mode, looked up with the key at start).
+    ledger_topic: str = "kafka-stripe.ledger"
+    ledger_namespace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

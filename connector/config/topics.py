@@ -26,6 +26,7 @@ TOPIC_SUFFIXES = (
     "VALUE_KEY",
     "DLQ_TOPIC",
     "DECIMAL_VALUES",
+    "NAMESPACE",
 )
 # The variable (after ``TOPIC_<T>_``) that configures each field role.
 ROLE_VARIABLES: dict[Role, str] = {
@@ -43,6 +44,8 @@ _FIELD_DEFAULTS: tuple[tuple[Role, str], ...] = (
 )
 
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+# A configured identifier namespace: the alphabet and length of a topic id in URL-safe base64.
+NAMESPACE = re.compile(r"[A-Za-z0-9_-]{1,22}")
 _FIELD_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -156,6 +159,11 @@ def read_topic(reader: Reader, name: str, *, registry: bool, max_past: int, max_
     if customer_key == value_key:
         reader.problem(f"{prefix}CUSTOMER_KEY and {prefix}VALUE_KEY are both {customer_key!r}")
     decimal_values = reader.flag(prefix + "DECIMAL_VALUES", False)
+    namespace = reader.raw(prefix + "NAMESPACE")
+    if namespace is not None:
+        namespace = namespace.strip()
+        if not NAMESPACE.fullmatch(namespace):
+            reader.problem(f"{prefix}NAMESPACE must be 1-22 letters, digits, '-' or '_', not {namespace!r}")
     dlq_topic = reader.text(prefix + "DLQ_TOPIC", f"{name}.dlq")
     problem = topic_name_problem(dlq_topic)
     if problem:
@@ -180,6 +188,7 @@ def read_topic(reader: Reader, name: str, *, registry: bool, max_past: int, max_
         max_past_seconds=max_past,
         max_future_seconds=max_future,
         decimal_values=decimal_values,
+        namespace=namespace,
     )
     if schema.record_problem is None:
         for found in schema_report(schema, topic, explicit=explicit).problems:

@@ -29,6 +29,9 @@ HEADER_EXCEPTION_MESSAGE = "__connect.errors.exception.message"
 HEADER_CODE = "kafka_stripe.error.code"
 HEADER_REASON = "kafka_stripe.error.reason"
 HEADER_ORIGINAL_TIMESTAMP = "kafka_stripe.original.timestamp"
+# The identifier namespace (topic id) the record's derived identifier was made with: a replay after the
+# topic was re-created still derives the identifier the first attempt had.
+HEADER_ORIGINAL_NAMESPACE = "kafka_stripe.original.namespace"
 HEADER_VERSION = "kafka_stripe.version"
 # Every header of ours starts with one of these; the others are the original record's.
 OUR_HEADER_PREFIXES = ("__connect.errors.", "kafka_stripe.")
@@ -37,7 +40,9 @@ Headers = Sequence[tuple[str, bytes | None]]
 DeliveryCallback = Callable[[Exception | None], None]
 
 
-def dead_letter_headers(record: KafkaRecord, error: RecordRejected) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    record: KafkaRecord, error: RecordRejected, namespace: str | None = None
+) -> list[tuple[str, bytes]]:
     """Headers for a dead-lettered record: where it came from and why it was refused."""
     ours = [
         (HEADER_TOPIC, record.topic),
@@ -51,6 +56,8 @@ def dead_letter_headers(record: KafkaRecord, error: RecordRejected) -> list[tupl
         (HEADER_ORIGINAL_TIMESTAMP, "" if record.timestamp_ms is None else str(record.timestamp_ms)),
         (HEADER_VERSION, __version__),
     ]
+    if namespace:
+        ours.append((HEADER_ORIGINAL_NAMESPACE, namespace))
     original = [(k, v if v is not None else b"") for k, v in record.headers]
     return original + [(k, v.encode("utf-8", "replace")) for k, v in ours]
 
@@ -68,6 +75,7 @@ class DeadLetterHeaders:
     original_timestamp_ms: int | None
     original_headers: tuple[tuple[str, bytes | None], ...]
     problem: str = ""
+    namespace: str | None = None  # the identifier namespace of the original's topic, when written
 
     @classmethod
     def read(cls, headers: Headers) -> DeadLetterHeaders:
@@ -89,7 +97,8 @@ class DeadLetterHeaders:
         elif partition is None or offset is None:
             problem = f"garbled {HEADER_PARTITION}/{HEADER_OFFSET} headers: no original offset"
         code, reason = ours.get(HEADER_CODE, ""), ours.get(HEADER_REASON, "")
-        return cls(topic, partition, offset, code, reason, timestamp, tuple(original), problem)
+        namespace = ours.get(HEADER_ORIGINAL_NAMESPACE) or None
+        return cls(topic, partition, offset, code, reason, timestamp, tuple(original), problem, namespace)
 
     def original(
         self, key: bytes | None, value: bytes | None, timestamp_ms: int | None
@@ -124,7 +133,12 @@ class DeadLetterQueue:
         self._next_idle_poll = 0.0
 
     def send(
-        self, record: KafkaRecord, error: RecordRejected, topic: str, on_delivery: DeliveryCallback
+        self,
+        record: KafkaRecord,
+        error: RecordRejected,
+        topic: str,
+        on_delivery: DeliveryCallback,
+        namespace: str | None = None,
     ) -> None:
         """Produce ``record`` to ``topic``; ``on_delivery(None)`` once the broker acknowledged it."""
 
@@ -138,7 +152,7 @@ class DeadLetterQueue:
                 topic,
                 value=record.value,
                 key=record.key,
-                headers=dead_letter_headers(record, error),
+                headers=dead_letter_headers(record, error, namespace),
                 timestamp=record.timestamp_ms or 0,
                 on_delivery=report,
             )

@@ -12,7 +12,7 @@ from connector.avro import schema as avro_schema
 from connector.avro.decoder import Decoder, SchemaLookup
 from connector.avro.fields import FieldUse, Role, check_fields, is_micros, is_text_map, lookup
 from connector.config.settings import TopicSettings
-from connector.errors import ConfigurationError, MappingError, RecordRejected
+from connector.errors import ConfigurationError, FatalError, MappingError, RecordRejected
 from connector.mapping.identifiers import MAX_IDENTIFIER, identifier_prefix
 from connector.mapping.timestamps import MILLIS, out_of_range, parse_time, second_prefix
 from connector.mapping.values import MAX_EXACT, format_value, not_whole, payload_text, show, text_entries
@@ -120,7 +120,8 @@ class Mapper:
         self.decoder = Decoder(settings, schema_lookup)
         self._decode = self.decoder.decode
         self._seconds: dict[int, str] = {}  # unix second -> "YYYY-MM-DDTHH:MM:SS"
-        self._id_prefixes: dict[str, str] = {}  # topic -> "kafka:{topic}:"
+        self._id_prefixes: dict[str, str] = {}  # topic -> "kafka:{topic}:{namespace}:"
+        self._namespace: str | None = None  # the topic's id, or its configured namespace
         plan = _plan(settings, avro_schema.load(settings.schema_path))  # the model the decoder read
         self._plan = plan
         self._customer, self._value = plan.customer, plan.value
@@ -150,6 +151,23 @@ class Mapper:
         """True when this topic's records decode straight into the fields the rules read (every
         field used is a top-level field of a compiled record schema)."""
         return self._read_fields is not None
+
+    def use_namespace(self, namespace: str) -> None:
+        """Derive identifiers with ``namespace`` (the topic's id, or its configured namespace) from now
+        on: called before any record is mapped, and again if the topic is re-created."""
+        if self._namespace != namespace:
+            self._namespace = namespace
+            self._id_prefixes.clear()
+
+    @property
+    def namespace(self) -> str | None:
+        """The namespace derived identifiers are made with now (None before ``use_namespace``)."""
+        return self._namespace
+
+    def _identifier_prefix(self, topic: str) -> str:
+        if self._namespace is None:  # a caller that skipped use_namespace: refuse rather than guess
+            raise FatalError(f"no identifier namespace known for topic {topic!r}")
+        return identifier_prefix(topic, self._namespace)
 
     def map_record(self, record: KafkaRecord, now_ms: int) -> MeterEvent:
         """Decode and map one consumed record; ``now_ms`` bounds its timestamp."""
@@ -227,7 +245,7 @@ class Mapper:
 def _rules(mapper: Mapper, adopt: bool) -> _Rules:
     """The closure that maps one record's extracted fields (see the comment above)."""
     settings, plan, seconds = mapper.settings, mapper._plan, mapper._seconds
-    id_prefixes, too_far = mapper._id_prefixes, mapper._too_far
+    id_prefixes, too_far, prefix_for = mapper._id_prefixes, mapper._too_far, mapper._identifier_prefix
     customer_field, value_field, timestamp_field, identifier_field = _field_names(settings)
     event_name, customer_key, value_key = settings.event_name, settings.customer_key, settings.value_key
     decimal_values, micros, copy_payload = settings.decimal_values, plan.micros, _payload_copier(plan)
@@ -268,7 +286,7 @@ def _rules(mapper: Mapper, adopt: bool) -> _Rules:
         if identifier is None:
             id_prefix = id_prefixes.get(topic)
             if id_prefix is None:
-                id_prefix = id_prefixes[topic] = identifier_prefix(topic)
+                id_prefix = id_prefixes[topic] = prefix_for(topic)
             identifier = f"{id_prefix}{partition}:{offset}"
             if len(identifier) > MAX_IDENTIFIER:  # only with coordinates Kafka never produces
                 raise MappingError(f"coordinates: {identifier!r} is too long", code="identifier_too_long")

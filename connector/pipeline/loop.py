@@ -28,17 +28,18 @@ import functools
 import logging
 import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from connector.config.settings import Settings, TopicSettings
-from connector.errors import FatalError, RecordRejected, RetryableError
+from connector.errors import ConfigurationError, FatalError, RecordRejected, RetryableError
 from connector.kafka.deadletter import DeadLetterQueue
 from connector.mapping.mapper import Mapper
 from connector.pipeline.batching import Batch, Batcher, Item
 from connector.pipeline.flow import FlowControl
+from connector.pipeline.identity import IdentityPort
 from connector.pipeline.offsets import OffsetTracker, PartitionOffsets
 from connector.pipeline.progress import PROGRESS_INTERVAL_S, VIEW_INTERVAL_S, Progress, Reporter
 from connector.pipeline.rebalance import Rebalancer
@@ -83,6 +84,7 @@ class Pipeline:
         self,
         settings: Settings,
         sender_factory: SenderFactory,
+        identity_factory: Callable[[Mapping[str, Mapper]], IdentityPort],
         *,
         consumer_factory: Callable[[dict[str, Any]], Any] = Consumer,
         producer_factory: Callable[[dict[str, Any]], Any] = Producer,
@@ -97,6 +99,7 @@ class Pipeline:
         self._clock = clock
         self._topics: dict[str, TopicSettings] = {t.name: t for t in settings.topics}
         self._mappers = {t.name: Mapper(t, schema_lookup) for t in settings.topics}
+        self.identity = identity_factory(self._mappers)
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         pipeline = settings.pipeline
@@ -110,7 +113,9 @@ class Pipeline:
         )
         self._batcher = Batcher(pipeline.batch_size, pipeline.linger_ms / 1000)
         self._tracker = OffsetTracker()
-        self.rebalance = Rebalancer(self._tracker, self.flow, self, pipeline.shutdown_timeout_s)
+        self.rebalance = Rebalancer(
+            self._tracker, self.flow, self, pipeline.shutdown_timeout_s, on_assigned=self.identity.on_assign
+        )
         self._completions: queue.SimpleQueue[tuple[Batch, BatchResult | Failed]] = queue.SimpleQueue()
         self._in_flight_records = 0  # records in batches handed to the sender, not yet back
         self._stopping = False
@@ -128,6 +133,13 @@ class Pipeline:
 
     def run(self) -> FatalError | None:
         """Consume until stopped; returns the fatal error that stopped it, None after a requested stop."""
+        try:
+            # First: without the ledger and the topics' namespaces nothing may be consumed.
+            self.identity.start()
+        except (ConfigurationError, *_STOPS) as exc:
+            refused = FatalError(f"cannot start: {exc}")
+            log.error("fatal: %s", refused)
+            return refused
         self._open()
         fatal: FatalError | None = None
         try:
@@ -216,6 +228,10 @@ class Pipeline:
             assert map_value is not None
             offsets.track(offset)
             consumed += 1
+            if offset < offsets.skip_below:  # delivered before, per the ledger: done, not sent again
+                offsets.done(offset)
+                offsets.skipped += 1
+                continue
             try:
                 event = map_value(
                     message.value(), topic, partition, offset, kafka_timestamp_ms(message), now_ms
@@ -334,7 +350,8 @@ class Pipeline:
 
         log.debug("dead-lettering %s: %s", record.coordinates, error)
         offsets.dead_letters_out += 1
-        self._dlq.send(record, error, topic, delivered)
+        namespace = self._mappers[record.topic].namespace
+        self._dlq.send(record, error, topic, delivered, namespace)
 
     # ----------------------------------------------------------------- commits (and what rebalances need)
 
@@ -343,6 +360,7 @@ class Pipeline:
         positions = [(p, pos) for p in chosen if (pos := p.to_commit()) is not None]
         if not positions:
             return
+        self.identity.before_commit(positions)
         try:
             self._consumer.commit(
                 offsets=[TopicPartition(p.topic, p.partition, pos) for p, pos in positions],
@@ -390,6 +408,7 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 self._consumer.close()  # leaves the group: partitions move at once, not after a timeout
             self._sender.stop()
+            self.identity.close()
             log.info("stopped")
         return fatal
 

@@ -29,6 +29,8 @@ class PartitionOffsets:
         "dead_letters_out",
         "partition",
         "released",
+        "skip_below",
+        "skipped",
         "topic",
     )
 
@@ -45,6 +47,10 @@ class PartitionOffsets:
         # Set when the partition is revoked or lost: batches not yet sent for it are abandoned, their
         # records left for the next owner. Read by the sender thread, written by the consumer thread.
         self.released = False
+        # Records below this offset are done per the delivery ledger (delivered by some group before):
+        # they are marked done without being sent (``connector.pipeline.identity``).
+        self.skip_below = 0
+        self.skipped = 0
 
     def track(self, offset: int) -> None:
         """A record at ``offset`` entered the pipeline (offsets arrive in increasing order)."""

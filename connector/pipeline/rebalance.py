@@ -15,7 +15,7 @@ object nobody commits from, so it can never commit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from connector.pipeline.flow import FlowControl
@@ -43,8 +43,17 @@ class Rebalancer:
     """The subscription's ``on_assign``, ``on_revoke`` and ``on_lost`` callbacks."""
 
     def __init__(
-        self, tracker: OffsetTracker, flow: FlowControl, host: RebalanceHost, revoke_timeout_s: float
+        self,
+        tracker: OffsetTracker,
+        flow: FlowControl,
+        host: RebalanceHost,
+        revoke_timeout_s: float,
+        *,
+        on_assigned: Callable[[Sequence[PartitionOffsets]], None] | None = None,
     ) -> None:
+        # Called with the new epochs before any of their records is consumed (the delivery ledger's
+        # skip marks, the topics' identifier namespaces: connector.pipeline.identity).
+        self._on_assigned = on_assigned
         self._tracker = tracker
         self._flow = flow
         self._host = host
@@ -55,6 +64,9 @@ class Rebalancer:
 
     def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._tracker.assign((p.topic, p.partition) for p in partitions)
+        if self._on_assigned is not None:
+            epochs = [t for p in partitions if (t := self._tracker.get(p.topic, p.partition)) is not None]
+            self._on_assigned(epochs)
         self._flow.assigned(partitions)
         log.info("assigned %s", names(partitions))
 

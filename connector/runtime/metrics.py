@@ -197,6 +197,12 @@ class Telemetry:
             registry=registry,
         )
         self._codes: set[str] = set()
+        self._skipped = Counter(
+            f"{PREFIX}_records_skipped",
+            "Records not sent because the delivery ledger says they were delivered already, by reason.",
+            labelnames=("reason",),
+            registry=registry,
+        ).labels("already_delivered")
         self._request_seconds = Histogram(
             f"{PREFIX}_request_duration_seconds",
             "Time the sender took over one batch: a request's round trip, plus any back-off and resends.",
@@ -258,6 +264,10 @@ class Telemetry:
     def observe_send(self, seconds: float) -> None:
         """The sender finished one batch after ``seconds`` (call from the sender thread)."""
         self._request_seconds.observe(seconds)
+
+    def skipped(self, records: int) -> None:
+        """``records`` were at or below their partition's ledger mark: done without being sent."""
+        self._skipped.inc(records)
 
     def dead_lettered(self, code: str, records: int = 1) -> None:
         """The dead-letter topic acknowledged a record rejected with ``code``."""

@@ -8,11 +8,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
+
+from confluent_kafka.admin import AdminClient
 
 from connector.avro.decoder import registry_lookup
 from connector.config.settings import Settings
+from connector.mapping.mapper import Mapper
+from connector.pipeline.identity import Identity
 from connector.pipeline.loop import Pipeline
 from connector.pipeline.sender_thread import BatchSender, OnBackoff
 from connector.runtime.logging import configure_logging
@@ -48,9 +52,13 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
         return MeterEventSender.from_settings(settings.stripe, settings.sender, on_backoff=on_backoff)
 
     telemetry = Telemetry.from_settings(settings, None, worker=worker)
+    def identity(mappers: Mapping[str, Mapper]) -> Identity:
+        return Identity(settings, mappers, telemetry, AdminClient)
+
     pipeline = Pipeline(
         settings,
         sender,
+        identity,
         schema_lookup=schema_lookup_for(settings),
         telemetry=telemetry,
         loop_factory=new_event_loop,

@@ -754,3 +754,33 @@ def test_every_accepted_field_type_builds_a_mapper(env: dict[str, str], tmp_path
             )
     del env["TOPIC_USAGE_SCHEMA"]
     Mapper(load_settings(env).topics[0])  # the packaged schema with every default
+
+
+def test_identity_and_ledger_settings(env: dict[str, str]) -> None:
+    settings = load_settings(env)
+    assert settings.topics[0].namespace is None  # the topic id, from the cluster
+    pipeline = settings.pipeline
+    assert (pipeline.ledger_topic, pipeline.ledger_namespace) == ("kafka-stripe.ledger", None)
+    settings = load_settings(
+        env
+        | {
+            "TOPIC_USAGE_NAMESPACE": "eu-west_1",
+            "CONNECTOR_LEDGER_TOPIC": "billing.ledger",
+            "CONNECTOR_LEDGER_NAMESPACE": "acct_1.live",
+        }
+    )
+    assert settings.topics[0].namespace == "eu-west_1"
+    pipeline = settings.pipeline
+    assert (pipeline.ledger_topic, pipeline.ledger_namespace) == ("billing.ledger", "acct_1.live")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"TOPIC_USAGE_NAMESPACE": "has:colon"}, "TOPIC_USAGE_NAMESPACE must be 1-22 letters"),
+        ({"TOPIC_USAGE_NAMESPACE": "x" * 23}, "TOPIC_USAGE_NAMESPACE must be 1-22 letters"),
+        ({"CONNECTOR_LEDGER_TOPIC": "bad topic"}, "CONNECTOR_LEDGER_TOPIC"),
+    ],
+)
+def test_identity_setting_problems(env: dict[str, str], overrides: dict[str, str], fragment: str) -> None:
+    assert_problem(problems_of(env | overrides), fragment)

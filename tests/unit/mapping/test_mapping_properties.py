@@ -18,12 +18,23 @@ from hypothesis import strategies as st
 
 from connector.config.settings import TopicSettings
 from connector.errors import RecordRejected
-from connector.mapping.mapper import Mapper
+from connector.mapping import mapper as mapper_module
 from connector.mapping.values import format_value
 from connector.records import Coordinates, KafkaRecord, MeterEvent
 
 NOW = 1_795_000_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NS = "TopicIdOfUsage00000001"
+
+
+class Mapper(mapper_module.Mapper):
+    """The connector's mapper with the identifier namespace of every topic here set."""
+
+    def __init__(self, settings: TopicSettings, schema_lookup: Any = None) -> None:
+        super().__init__(settings, schema_lookup)
+        self.use_namespace(NS)
+
+
 SETTINGS = TopicSettings(name="usage", event_name="api_requests")
 MAPPER = Mapper(SETTINGS)
 CONFLUENT = Mapper(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from connector.errors import FatalError
+from connector.pipeline.identity import StaticIdentity
 from connector.pipeline.loop import Pipeline
 from connector.records import MeterEvent
 from connector.stripe.results import BatchResult, Rejection
@@ -49,9 +50,11 @@ def stop_once_delivered(pipeline_box: list[Pipeline], records: list[Any], delive
 
 def build(sender: Sender, consumer: Consumer, **env: str) -> tuple[Pipeline, Producer]:
     producer = Producer()
+    chosen = settings(**env)
     pipeline = Pipeline(
-        settings(**env),
+        chosen,
         sender.factory,
+        lambda mappers: StaticIdentity(mappers, {t.name: "TopicIdOfUsage00000001" for t in chosen.topics}),
         consumer_factory=lambda _config: consumer,
         producer_factory=lambda _config: producer,
     )
