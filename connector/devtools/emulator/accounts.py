@@ -138,3 +138,48 @@ def check_include(value: object) -> list[str]:
             listed = ", ".join(f"`{name}`" for name in INCLUDABLE)
             raise _bad(f"include entries must be one of {listed}; got {entry!r}.")
     return list(value)
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformAccount:
+    """The account the emulator's keys belong to (``GET /v1/account``): one per emulator instance,
+    shared by its test, live and restricted keys as a Stripe account holds both modes. It survives
+    ``POST /_emulator/reset``, which clears data, not the account's identity."""
+
+    id: str
+    created: int
+
+    @classmethod
+    def new(cls, now: float) -> PlatformAccount:
+        return cls(id="acct_1" + new_id("", 15), created=int(now))
+
+    def to_json(self) -> dict[str, Any]:
+        """A v1 ``account`` object with the fields a standard account always carries; profile and
+        compliance details a real account would have filled in are null or empty."""
+        return {
+            "id": self.id,
+            "object": "account",
+            "business_profile": {
+                "mcc": None,
+                "name": None,
+                "product_description": None,
+                "support_address": None,
+                "support_email": None,
+                "support_phone": None,
+                "support_url": None,
+                "url": None,
+            },
+            "business_type": None,
+            "capabilities": {},
+            "charges_enabled": True,
+            "controller": {"type": "account"},
+            "country": "US",
+            "created": self.created,
+            "default_currency": "usd",
+            "details_submitted": True,
+            "email": None,
+            "metadata": {},
+            "payouts_enabled": True,
+            "settings": {"dashboard": {"display_name": None, "timezone": "Etc/UTC"}},
+            "type": "standard",
+        }

@@ -20,6 +20,7 @@ from connector.devtools.emulator.catalog import (
     Recurring,
     normalise_amount,
 )
+from connector.devtools.emulator.clock import check_advance
 from connector.devtools.emulator.envelope import MAX_NAME_LENGTH
 from connector.devtools.emulator.errors import ApiError, invalid, no_such
 from connector.devtools.emulator.forms import FormError, decode
@@ -615,6 +616,15 @@ def retrieve_customer(request: Request) -> Result:
     return 200, request.acct.catalog.customer(request.args[0]).to_json()
 
 
+# -- v1: the account of the key --------------------------------------------------------------------
+
+
+def retrieve_current_account(request: Request) -> Result:
+    """``GET /v1/account``: the emulator's one account, whichever mode or kind of key opened it."""
+    request.form().finish()
+    return 200, request.state.platform.to_json()
+
+
 # -- v2: accounts (configured as customers) ------------------------------------------------------
 
 _INCLUDE_KEY = re.compile(r"include(?:\[\d*\])?\Z")
@@ -659,6 +669,24 @@ def set_faults(request: Request) -> Result:
 def get_stats(request: Request) -> Result:
     fresh = b"process=false" not in request.query
     return 200, request.state.stats_json(process=fresh)
+
+
+def get_clock(request: Request) -> Result:
+    return 200, request.state.clock.as_dict()
+
+
+def advance_clock(request: Request) -> Result:
+    """``POST /_emulator/clock`` with ``{"advance_s": N}``: move the emulated clock N seconds on."""
+    body = request.json(allow_empty=True)
+    problems = [f"unknown setting: {name}" for name in body if name != "advance_s"]
+    if "advance_s" not in body:
+        problems.append("advance_s is required")
+    else:
+        problems += check_advance(body["advance_s"], request.state.clock.offset)
+    if problems:
+        raise ApiError(400, "; ".join(problems), code="parameter_invalid")
+    request.state.clock.advance(body["advance_s"])
+    return 200, request.state.clock.as_dict()
 
 
 def reset(request: Request) -> Result:

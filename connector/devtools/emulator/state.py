@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from connector.devtools.emulator.accounts import PlatformAccount
 from connector.devtools.emulator.catalog import ACCOUNT_ID, CUSTOMER_ID, Catalog
-from connector.devtools.emulator.clock import Clock, system_clock
+from connector.devtools.emulator.clock import Clock, EmulatedClock, system_clock
 from connector.devtools.emulator.config import EmulatorConfig, is_secret_key
 from connector.devtools.emulator.errors import ApiError, mask_secret
 from connector.devtools.emulator.faults import Faults
@@ -65,16 +66,25 @@ class Session:
 
 
 class EmulatorState:
-    """Everything the emulator knows; ``reset()`` returns it to the startup configuration in place."""
+    """Everything the emulator knows; ``reset()`` returns it to the startup configuration in place.
+
+    ``clock`` is the emulated clock (``clock`` given plus what ``POST /_emulator/clock`` advanced);
+    ``real_clock`` the clock given, which rate limits read. ``platform`` is the account every key
+    opens; it keeps its id across resets.
+    """
 
     def __init__(self, config: EmulatorConfig, clock: Clock = system_clock) -> None:
         self.config = config
-        self.clock = clock
+        self.real_clock = clock
+        self.clock = EmulatedClock(clock)
+        self.platform = PlatformAccount.new(clock())
         self.reset()
 
     def reset(self) -> None:
+        self.clock.reset()
         self.stats = Stats()
-        self.faults = Faults(self.config, self.clock)
+        # Rate limits measure how fast a client really sends: advancing the clock refills nothing.
+        self.faults = Faults(self.config, self.real_clock)
         self.accounts = {
             False: Account(False, self.stats, self.config),
             True: Account(True, self.stats, self.config),
