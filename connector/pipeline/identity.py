@@ -19,7 +19,13 @@ from typing import Any, Protocol
 
 from connector.config.settings import Settings
 from connector.errors import ConfigurationError, FatalError
-from connector.kafka.ledger import LedgerKey, LedgerWriter, ensure_ledger_topic, read_ledger
+from connector.kafka.delivery_ledger import (
+    LedgerError,
+    LedgerKey,
+    LedgerWriter,
+    ensure_ledger_topic,
+    read_ledger,
+)
 from connector.kafka.topics import namespaces, topic_ids
 from connector.mapping.mapper import Mapper
 from connector.pipeline.offsets import PartitionOffsets
@@ -48,12 +54,17 @@ class Identity:
         settings: Settings,
         mappers: Mapping[str, Mapper],
         telemetry: Telemetry,
+        *,
         admin_factory: Callable[[dict[str, Any]], Any],
+        producer_factory: Callable[[dict[str, Any]], Any],
+        consumer_factory: Callable[[dict[str, Any]], Any],
     ) -> None:
         self._settings = settings
         self._mappers = mappers
         self._telemetry = telemetry
         self._admin_factory = admin_factory
+        self._producer_factory = producer_factory
+        self._consumer_factory = consumer_factory
         self._admin: Any = None
         self._writer: LedgerWriter | None = None
         self._namespaces: dict[str, str] = {}
@@ -67,13 +78,13 @@ class Identity:
 
     def start(self) -> None:
         """Make sure the ledger topic exists and learn every topic's namespace (stops the run if not)."""
-        kafka = self._settings.kafka
+        config = dict(self._settings.producer_config())
         ledger_topic = self._settings.pipeline.ledger_topic
-        self._admin = self._admin_factory(dict(kafka.producer_config()))
-        problem = ensure_ledger_topic(dict(kafka.producer_config()), ledger_topic, create=True)
+        self._admin = self._admin_factory(config)
+        problem = ensure_ledger_topic(self._admin, ledger_topic, create=True)
         if problem is not None:
             raise ConfigurationError([problem])
-        self._writer = LedgerWriter(dict(kafka.producer_config()), ledger_topic)
+        self._writer = LedgerWriter(self._producer_factory(config), ledger_topic)
         self._refresh(self._event_names)
 
     def on_assign(self, partitions: Sequence[PartitionOffsets]) -> None:
@@ -81,11 +92,15 @@ class Identity:
         if not partitions:
             return
         self._refresh({p.topic for p in partitions})
-        marks = read_ledger(
-            dict(self._settings.consumer_config()),
-            self._settings.pipeline.ledger_topic,
-            timeout_s=LEDGER_READ_TIMEOUT_S,
-        )
+        try:
+            marks = read_ledger(
+                self._consumer_factory,
+                dict(self._settings.consumer_config()),
+                self._settings.pipeline.ledger_topic,
+                timeout_s=LEDGER_READ_TIMEOUT_S,
+            )
+        except LedgerError as exc:  # without the marks, records read again could be billed twice
+            raise FatalError(str(exc)) from None
         for offsets in partitions:
             mark = marks.get(self._key(offsets))
             if mark is not None and mark.mark > 0:
@@ -114,8 +129,9 @@ class Identity:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.flush(10.0)
-            self._writer.close()
+            left = self._writer.flush(10.0)
+            if left:
+                log.warning("%d delivery ledger writes not acknowledged at shutdown", left)
 
     def _key(self, offsets: PartitionOffsets) -> LedgerKey:
         topic = offsets.topic

@@ -197,12 +197,9 @@ class Telemetry:
             registry=registry,
         )
         self._codes: set[str] = set()
-        self._skipped = Counter(
-            f"{PREFIX}_records_skipped",
-            "Records not sent because the delivery ledger says they were delivered already, by reason.",
-            labelnames=("reason",),
-            registry=registry,
-        ).labels("already_delivered")
+        skipped = "Records not sent: the delivery ledger says they were delivered already (by reason)."
+        self._skipped = Counter(f"{PREFIX}_records_skipped", skipped, ["reason"], registry=registry)
+        self._skipped_delivered = self._skipped.labels("already_delivered")
         self._request_seconds = Histogram(
             f"{PREFIX}_request_duration_seconds",
             "Time the sender took over one batch: a request's round trip, plus any back-off and resends.",
@@ -267,7 +264,7 @@ class Telemetry:
 
     def skipped(self, records: int) -> None:
         """``records`` were at or below their partition's ledger mark: done without being sent."""
-        self._skipped.inc(records)
+        self._skipped_delivered.inc(records)
 
     def dead_lettered(self, code: str, records: int = 1) -> None:
         """The dead-letter topic acknowledged a record rejected with ``code``."""

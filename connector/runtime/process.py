@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Mapping
 from types import FrameType
 
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.avro.decoder import registry_lookup
@@ -53,7 +54,14 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
 
     telemetry = Telemetry.from_settings(settings, None, worker=worker)
     def identity(mappers: Mapping[str, Mapper]) -> Identity:
-        return Identity(settings, mappers, telemetry, AdminClient)
+        return Identity(
+            settings,
+            mappers,
+            telemetry,
+            admin_factory=AdminClient,
+            producer_factory=Producer,
+            consumer_factory=Consumer,
+        )
 
     pipeline = Pipeline(
         settings,

@@ -975,6 +975,7 @@ def test_sample_producer_records_map_to_valid_meter_events() -> None:
     # Mapped as the compose stack's connector maps them (its topic allows decimal values).
     settings = connector_settings(service_env(compose_services()["connector"])).topic("usage")
     mapper = Mapper(replace(settings, schema_path=DEFAULT_SCHEMA))
+    mapper.use_namespace("TopicIdOfUsage00000001")  # the pipeline sets the topic's id
     now_ms = int(time.time() * 1000)
     kinds = set()
     for offset, (topic, key, value) in enumerate(producer.messages):
@@ -982,7 +983,7 @@ def test_sample_producer_records_map_to_valid_meter_events() -> None:
         record = KafkaRecord(topic, 0, offset, key, value, now_ms)
         event = mapper.map_record(record, now_ms)  # a rejection raises
         assert event.payload["stripe_customer_id"] == key.decode() and key.decode() in customers
-        assert event.identifier == f"kafka:usage:0:{offset}"
+        assert event.identifier == f"kafka:usage:TopicIdOfUsage00000001:0:{offset}"
         kinds.add(type(mapper.decoder.decode(value)["value"]).__name__)
     assert len(kinds) >= 3, f"values should cover the schema's union branches, got {kinds}"
     assert "delivered 40" in out.getvalue()

@@ -181,8 +181,9 @@ def test_run_hands_the_settings_to_the_pipeline(
     pipeline = types.ModuleType(run_command.PIPELINE_MODULE)
     pipeline.run = lambda settings: received.append(settings) or 0  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, run_command.PIPELINE_MODULE, pipeline)
-    # Nothing answers on port 1: run's meter preflight warns and starts anyway.
-    config |= {"STRIPE_API_BASE": "http://127.0.0.1:1"}
+    # Nothing answers on port 1: run's meter preflight warns and starts anyway (the ledger namespace is
+    # set, so the account is not looked up).
+    config |= {"STRIPE_API_BASE": "http://127.0.0.1:1", "CONNECTOR_LEDGER_NAMESPACE": "acct_x.live"}
     environ.use(config)
     assert run_command.run(argparse.Namespace()) == 0
     assert received == [load_settings(config)]
@@ -207,7 +208,11 @@ def test_run_announces_in_json_when_logs_are_json(
     pipeline = types.ModuleType(run_command.PIPELINE_MODULE)
     pipeline.run = lambda settings: 0  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, run_command.PIPELINE_MODULE, pipeline)
-    environ.use(config | {"CONNECTOR_LOG_FORMAT": "json", "STRIPE_API_BASE": "http://127.0.0.1:1"})
+    environ.use(
+        config
+        | {"CONNECTOR_LOG_FORMAT": "json", "STRIPE_API_BASE": "http://127.0.0.1:1"}
+        | {"CONNECTOR_LEDGER_NAMESPACE": "acct_x.live"}
+    )
     assert run_command.run(argparse.Namespace()) == 0
     first, *_ = capsys.readouterr().err.splitlines()
     assert json.loads(first)["configuration"]["stripe"]["api_key"] == f"sk_live_{MASK}"
@@ -316,3 +321,19 @@ def test_subcommands_are_registered() -> None:
     assert SUBCOMMANDS["run"][0] == "connector.commands.run"
     assert build_parser("check").parse_args(["check", "--json"]).json is True
     assert build_parser("run").parse_args(["run"]).command == "run"
+
+
+def test_run_stops_when_the_ledger_namespace_cannot_be_found(
+    config: dict[str, str],
+    environ: types.SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pipeline = types.ModuleType(run_command.PIPELINE_MODULE)
+    pipeline.run = lambda settings: pytest.fail("must not start")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, run_command.PIPELINE_MODULE, pipeline)
+    environ.use(config | {"STRIPE_API_BASE": "http://127.0.0.1:1"})
+    assert run_command.run(argparse.Namespace()) == 2
+    err = capsys.readouterr().err
+    assert "cannot look up the Stripe account for the delivery ledger" in err
+    assert "set CONNECTOR_LEDGER_NAMESPACE" in err and "Traceback" not in err
