@@ -37,6 +37,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "connector.commands.reconcile",
         "compare a topic's usage in a time range with Stripe's summaries",
     ),
+    "ledger": (
+        "connector.commands.ledger",
+        "the delivery ledger: `ledger show` prints its marks, `ledger rewind` moves one back on purpose",
+    ),
     "dlq": (
         "connector.commands.dlq",
         "dead-letter topic tools: `dlq replay` sends fixed records to Stripe again",
