@@ -146,6 +146,7 @@ def test_a_healthy_setup_passes_and_states_test_mode(setup: Callable[..., dict[s
     assert "(test mode)" in stream and "tokens live 900 s" in stream
     assert f"{host} accepted the token" in stream
     assert "whole numbers only" in out and "rate limit 10000 requests/s (CONNECTOR_RATE_LIMIT_RPS)" in out
+    assert "identifiers in namespace" in out and "(topic id)" in out and "the delivery ledger" in out
 
 
 def test_a_missing_meter_fails(

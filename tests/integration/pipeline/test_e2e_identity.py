@@ -5,6 +5,7 @@ connector as a child process."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -135,6 +136,12 @@ def test_a_new_group_after_a_day_sends_nothing_again(
     assert emulator_stats(stripe_url)["events_received"] == received, "a record was sent again"
     assert totals(stripe_url, meter, start_s) == {c: float(v) for c, v in expected.items()}
     assert committed(kafka_bootstrap, other, ends) == ends
+    env = env_for(kafka_bootstrap, stripe_url, topic, other)
+    show = [sys.executable, "-m", "connector", "ledger", "show", "--topic", topic, "--json"]
+    shown = subprocess.run(show, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    marks = {(row["topic"], row["partition"]): row["mark"] for row in json.loads(shown.stdout)}
+    assert marks == ends  # one mark per partition, shared by both groups (same account and event name)
     for partition in (0, 1):
         end = ends[(topic, partition)]
         assert f"{topic}[{partition}]: the delivery ledger says records below offset {end}" in log, log
