@@ -279,3 +279,17 @@ def _topic_id(bootstrap: str, topic: str) -> str:
 
     ids: dict[str, Any] = dict(topic_ids(AdminClient({"bootstrap.servers": bootstrap}), [topic]))
     return str(ids[topic])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ensure_ledger_topic accepts an existing ledger topic without looking at its cleanup.policy: a "
+    "delete-policy topic loses every mark after its retention, and the ledger forgets what was delivered",
+)
+def test_an_existing_ledger_topic_that_is_not_compacted_is_refused(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    name = make_topic(partitions=1)  # the broker's default cleanup.policy: delete
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    problem = ensure_ledger_topic(admin, name, create=True)
+    assert problem is not None and name in problem and "cleanup.policy=compact" in problem, problem
