@@ -254,6 +254,9 @@ def contender_env(
     env.pop("CONNECTOR_COMMIT_INTERVAL_MS", None)
     env.pop("CONNECTOR_LINGER_MS", None)
     env["CONNECTOR_METRICS_PORT"] = "0"
+    # Every contender reads the same topic into a freshly reset emulator: each needs ledger marks of its
+    # own, or the delivery ledger (on, as in production) would rightly skip what an earlier one delivered.
+    env["CONNECTOR_LEDGER_NAMESPACE"] = f"bench-{name}-{group}"
     env["KAFKA_SESSION_TIMEOUT_MS"] = str(SESSION_TIMEOUT_MS)
     if name == WORKERS:
         env["CONNECTOR_WORKERS"] = str(workers)

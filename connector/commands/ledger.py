@@ -58,6 +58,22 @@ def _read(settings: Settings) -> dict[LedgerKey, LedgerMark]:
     return read_ledger(Consumer, config, settings.pipeline.ledger_topic, timeout_s=TIMEOUT_S)
 
 
+def _current_id(settings: Settings, topic: str) -> str | None:
+    """The topic's identifier namespace now (configured, or its topic id); None when it is not configured
+    and the cluster does not say (then every mark under the topic's name is a candidate)."""
+    from connector.kafka.topics import current_namespace
+
+    configured = next((t for t in settings.topics if t.name == topic), None)
+    if configured is not None and configured.namespace:
+        return configured.namespace
+    from connector.config.settings import TopicSettings
+
+    try:
+        return current_namespace(dict(settings.producer_config()), TopicSettings(name=topic, event_name="-"))
+    except Exception:  # no id from the cluster (or no answer): fall back to the name alone
+        return None
+
+
 def _show(marks: dict[LedgerKey, LedgerMark], topic: str | None, as_json: bool) -> int:
     rows = sorted(
         ((k, m) for k, m in marks.items() if topic is None or m.topic == topic),
@@ -79,10 +95,13 @@ def _show(marks: dict[LedgerKey, LedgerMark], topic: str | None, as_json: bool) 
 
 
 def _rewind(settings: Settings, marks: dict[LedgerKey, LedgerMark], args: Any, redact: Redactor) -> int:
+    # The topic as it is now: marks of an earlier topic of the same name (re-created since) are left alone.
+    topic_id = _current_id(settings, args.topic)
     matching = [
         (k, m)
         for k, m in marks.items()
         if m.topic == args.topic
+        and (topic_id is None or k.topic_id == topic_id)
         and k.partition == args.partition
         and (args.event_name is None or k.event_name == args.event_name)
         and (args.namespace is None or k.namespace == args.namespace)

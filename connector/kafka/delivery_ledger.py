@@ -165,7 +165,7 @@ def ensure_ledger_topic(
     )
     try:
         if ledger_topic in admin.list_topics(timeout=timeout_s).topics:
-            return None
+            return _policy_problem(admin, ledger_topic, how, timeout_s)
         if not create:
             return f"the delivery ledger topic {ledger_topic!r} does not exist: {how}"
         # NewTopic's public home; confluent-kafka's stubs declare it only in the C extension module.
@@ -179,6 +179,24 @@ def ensure_ledger_topic(
             return None
         return f"could not create the delivery ledger topic {ledger_topic!r} ({exc}): {how}"
     return None
+
+
+def _policy_problem(admin: Any, ledger_topic: str, how: str, timeout_s: float) -> str | None:
+    """Why an existing ledger topic will not do: without ``cleanup.policy=compact`` its marks vanish
+    after the retention period. A broker that cannot describe configs gets the benefit of the doubt."""
+    from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
+
+    try:
+        resource = ConfigResource(ConfigResource.Type.TOPIC, ledger_topic)
+        (future,) = admin.describe_configs([resource], request_timeout=timeout_s).values()
+        entry = future.result(timeout=timeout_s).get("cleanup.policy")
+    except Exception:
+        return None
+    # No entry: the broker's default, which is delete.
+    policy = "delete (the default)" if entry is None else str(entry.value)
+    if "compact" in policy:
+        return None
+    return f"the delivery ledger topic {ledger_topic!r} has cleanup.policy={policy}, not compact: {how}"
 
 
 def _exists(exc: Exception) -> bool:

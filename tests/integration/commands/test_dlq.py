@@ -25,9 +25,10 @@ from connector.config.topics import topic_env_key
 from connector.devtools.emulator import EmulatorProcess
 from connector.errors import DecodeError, MappingError
 from connector.kafka.deadletter import dead_letter_headers
+from connector.kafka.topics import current_namespace
 from connector.mapping.identifiers import derived_identifier
 from connector.mapping.mapper import Mapper
-from connector.records import Coordinates, KafkaRecord
+from connector.records import KafkaRecord
 from connector.stripe.sender import MeterEventSender
 from tests.support.harness import (
     API_KEY,
@@ -140,8 +141,11 @@ def test_replay_delivers_fixed_records_once(
 
     # Stripe did accept the fourth record once, under its derived identifier.
     topic_settings = TopicSettings(name=topic, event_name=event_name)
-    accepted = Mapper(topic_settings).map_record(kafka_records[3], now_ms)
-    assert accepted.identifier == derived_identifier(Coordinates(topic, 0, offsets[3]))
+    namespace = current_namespace({"bootstrap.servers": kafka_bootstrap}, topic_settings)  # its topic id
+    mapper = Mapper(topic_settings)
+    mapper.use_namespace(namespace)
+    accepted = mapper.map_record(kafka_records[3], now_ms)
+    assert accepted.identifier == derived_identifier(topic, namespace, 0, offsets[3])
 
     async def send_once() -> None:
         async with MeterEventSender(
@@ -177,7 +181,7 @@ def test_replay_delivers_fixed_records_once(
     assert status == 1, output  # three dead letters still fail
     delivered = lines_starting(output, "delivered")
     assert len(delivered) == 5, output
-    identifiers = {derived_identifier(Coordinates(topic, 0, offsets[n])) for n in range(5)}
+    identifiers = {derived_identifier(topic, namespace, 0, offsets[n]) for n in range(5)}
     assert {line.split()[5] for line in delivered} == identifiers, delivered
     failing = "\n".join(lines_starting(output, "still failing"))
     assert "undecodable" in failing and "timestamp_too_far_in_past" in failing

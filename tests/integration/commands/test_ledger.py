@@ -250,11 +250,6 @@ def test_rewind_refuses_ambiguity_until_told_which_mark(
     assert marks == {ours: 100, blue: 120, other_account: 120}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rewind matches marks by topic name: after a re-created topic the old topic id's mark makes it "
-    "ambiguous, and --namespace/--event-name cannot tell the two apart (it should use the current topic id)",
-)
 def test_rewind_after_a_re_created_topic_picks_the_current_topic_id(
     kafka_bootstrap: str,
     ledger_topic: str,
@@ -281,11 +276,6 @@ def _topic_id(bootstrap: str, topic: str) -> str:
     return str(ids[topic])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ensure_ledger_topic accepts an existing ledger topic without looking at its cleanup.policy: a "
-    "delete-policy topic loses every mark after its retention, and the ledger forgets what was delivered",
-)
 def test_an_existing_ledger_topic_that_is_not_compacted_is_refused(
     kafka_bootstrap: str, make_topic: Callable[..., str]
 ) -> None:

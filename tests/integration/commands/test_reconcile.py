@@ -22,9 +22,10 @@ from connector.commands import reconcile as reconcile_command
 from connector.config.secrets import Secret
 from connector.config.settings import TopicSettings
 from connector.config.topics import topic_env_key
+from connector.kafka.topics import current_namespace
 from connector.mapping.identifiers import derived_identifier
 from connector.mapping.mapper import Mapper
-from connector.records import Coordinates, KafkaRecord, MeterEvent
+from connector.records import KafkaRecord, MeterEvent
 from connector.stripe.sender import MeterEventSender
 from tests.support.harness import (
     API_KEY,
@@ -229,7 +230,7 @@ def test_a_clean_run_reconciles_and_cancellations_show_exactly(
     cancelled = cancelled[:2]
     assert len(cancelled) == 2
     for offset, _ in cancelled:
-        cancel(stripe_url, event_name, derived_identifier(Coordinates(topic, 0, offset)))
+        cancel(stripe_url, event_name, derived_identifier(topic, topic_id(kafka_bootstrap, topic), 0, offset))
     gone = sum(Decimal(v) for _, v in cancelled)
 
     status, document, _ = reconcile_in_process(
@@ -273,9 +274,17 @@ def test_a_clean_run_reconciles_and_cancellations_show_exactly(
     assert sorted(r["customer"] for r in document["rows"]) == ["cus_B", "cus_Nobody"]
 
 
-def deliver(url: str, topic: TopicSettings, records: Sequence[KafkaRecord]) -> list[MeterEvent]:
+def topic_id(bootstrap: str, topic: str) -> str:
+    """The topic's id: the namespace of its derived identifiers."""
+    return current_namespace({"bootstrap.servers": bootstrap}, TopicSettings(name=topic, event_name="-"))
+
+
+def deliver(
+    url: str, topic: TopicSettings, records: Sequence[KafkaRecord], bootstrap: str
+) -> list[MeterEvent]:
     """Map and send records the way the connector would (no connector process needed)."""
     mapper = Mapper(topic)
+    mapper.use_namespace(topic_id(bootstrap, topic.name))
     now_ms = int(time.time() * MS)
     events = [mapper.map_record(record, now_ms) for record in records]
 
@@ -316,7 +325,8 @@ def test_count_and_last_formulas(
         KafkaRecord(topic, p, next(positions[p]), None, encode(usage("cus_L", v, (start + s) * MS)), None)
         for p, v, s in plan
     ]
-    deliver(stripe_url, TopicSettings(name=topic, event_name=event_name, decimal_values=True), records)
+    settings = TopicSettings(name=topic, event_name=event_name, decimal_values=True)
+    deliver(stripe_url, settings, records, kafka_bootstrap)
 
     env = connector_env(
         kafka_bootstrap,
@@ -337,7 +347,8 @@ def test_count_and_last_formulas(
     assert [(r["kafka"], r["stripe"]) for r in document["rows"]] == [(v, v) for v in hour_values]
 
     # A late correction for the first hour's latest minute: Kafka and Stripe now disagree on "last".
-    cancel(stripe_url, event_name, derived_identifier(Coordinates(topic, 1, offsets[1][0])))
+    late = derived_identifier(topic, topic_id(kafka_bootstrap, topic), 1, offsets[1][0])
+    cancel(stripe_url, event_name, late)
     status, document, _ = reconcile_in_process(
         env,
         monkeypatch,
