@@ -290,7 +290,8 @@ class Replay:
         if namespace is None:
             from connector.kafka.topics import current_namespace
 
-            namespace = current_namespace(dict(self.settings.producer_config()), self.settings.topic(topic))
+            configured = self.settings.topic(topic).namespace
+            namespace = current_namespace(dict(self.settings.producer_config()), topic, configured)
             self._namespaces[topic] = namespace
         return namespace
 

@@ -59,17 +59,13 @@ def _read(settings: Settings) -> dict[LedgerKey, LedgerMark]:
 
 
 def _current_id(settings: Settings, topic: str) -> str | None:
-    """The topic's identifier namespace now (configured, or its topic id); None when it is not configured
-    and the cluster does not say (then every mark under the topic's name is a candidate)."""
+    """The topic's identifier namespace now (configured, or its topic id); None when the cluster does not
+    say (then every mark under the topic's name is a candidate)."""
     from connector.kafka.topics import current_namespace
 
-    configured = next((t for t in settings.topics if t.name == topic), None)
-    if configured is not None and configured.namespace:
-        return configured.namespace
-    from connector.config.settings import TopicSettings
-
+    configured = next((t.namespace for t in settings.topics if t.name == topic), None)
     try:
-        return current_namespace(dict(settings.producer_config()), TopicSettings(name=topic, event_name="-"))
+        return current_namespace(dict(settings.producer_config()), topic, configured)
     except Exception:  # no id from the cluster (or no answer): fall back to the name alone
         return None
 

@@ -138,7 +138,7 @@ class _Reading:
         # The 35-day age limit is lifted: a historical window must reconcile too. Records the connector
         # dead-lettered for their age then show as usage Stripe does not have, which is the truth.
         self.mapper = Mapper(dataclasses.replace(topic, max_past_seconds=10**11), schema_lookup_for(settings))
-        namespace = current_namespace(dict(settings.producer_config()), topic)
+        namespace = current_namespace(dict(settings.producer_config()), topic.name, topic.namespace)
         self.mapper.use_namespace(namespace)
         self.prefix = identifier_prefix(topic.name, namespace)
         self.warnings: list[str] = []

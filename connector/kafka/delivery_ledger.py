@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from connector.errors import ConnectorError
@@ -203,7 +203,3 @@ def _exists(exc: Exception) -> bool:
     """Whether ``exc`` says the topic exists (another member created it first)."""
     return "TOPIC_ALREADY_EXISTS" in str(exc) or "already exists" in str(exc)
 
-
-def keys_for(marks: dict[LedgerKey, LedgerMark], topic: str) -> Iterable[tuple[LedgerKey, LedgerMark]]:
-    """The marks recorded for ``topic`` (by name: ids change when a topic is re-created)."""
-    return ((k, m) for k, m in marks.items() if m.topic == topic)

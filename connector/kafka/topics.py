@@ -6,7 +6,6 @@ import base64
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from connector.config.settings import TopicSettings
 from connector.errors import ConfigurationError
 
 DESCRIBE_TIMEOUT_S = 10.0
@@ -68,12 +67,13 @@ def namespaces(
     return result
 
 
-def current_namespace(admin_config: dict[str, Any], topic: TopicSettings) -> str:
-    """``topic``'s identifier namespace as the cluster says now (for the operator commands)."""
-    if topic.namespace:
-        return topic.namespace
+def current_namespace(admin_config: dict[str, Any], topic: str, configured: str | None = None) -> str:
+    """``topic``'s identifier namespace now: ``configured`` (``TOPIC_<T>_NAMESPACE``) when set, else its
+    topic id as the cluster says (for the operator commands; ``ConfigurationError`` when it has none)."""
+    if configured:
+        return configured
     from confluent_kafka.admin import AdminClient
 
-    found = topic_ids(AdminClient(admin_config), [topic.name])
-    unset: dict[str, str | None] = {topic.name: None}
-    return namespaces(unset, found)[topic.name]
+    found = topic_ids(AdminClient(admin_config), [topic])
+    unset: dict[str, str | None] = {topic: None}
+    return namespaces(unset, found)[topic]

@@ -141,7 +141,7 @@ def test_replay_delivers_fixed_records_once(
 
     # Stripe did accept the fourth record once, under its derived identifier.
     topic_settings = TopicSettings(name=topic, event_name=event_name)
-    namespace = current_namespace({"bootstrap.servers": kafka_bootstrap}, topic_settings)  # its topic id
+    namespace = current_namespace({"bootstrap.servers": kafka_bootstrap}, topic)  # its topic id
     mapper = Mapper(topic_settings)
     mapper.use_namespace(namespace)
     accepted = mapper.map_record(kafka_records[3], now_ms)

@@ -276,7 +276,7 @@ def test_a_clean_run_reconciles_and_cancellations_show_exactly(
 
 def topic_id(bootstrap: str, topic: str) -> str:
     """The topic's id: the namespace of its derived identifiers."""
-    return current_namespace({"bootstrap.servers": bootstrap}, TopicSettings(name=topic, event_name="-"))
+    return current_namespace({"bootstrap.servers": bootstrap}, topic)
 
 
 def deliver(

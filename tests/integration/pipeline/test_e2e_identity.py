@@ -81,6 +81,13 @@ def totals(url: str, meter: str, start_s: int) -> dict[str, float]:
     return {c: meter_total(url, meter, c, start_s - 3600, end_s) for c in CUSTOMERS}
 
 
+def setup(make_topic: Callable[..., str], url: str, *, partitions: int) -> tuple[str, str, int]:
+    """A topic with its dead-letter topic, a meter, and the time the test started: (topic, meter, start)."""
+    topic = make_topic(partitions=partitions)
+    make_topic(partitions=1, name=f"{topic}.dlq")
+    return topic, create_meter(url), int(time.time())
+
+
 def advance_clock(url: str, seconds: int) -> None:
     httpx.post(f"{url}/_emulator/clock", json={"advance_s": seconds}, timeout=30).raise_for_status()
 
@@ -92,10 +99,7 @@ def env_for(bootstrap: str, url: str, topic: str, group: str) -> dict[str, str]:
 def test_a_re_created_topic_bills_both_generations(
     kafka_bootstrap: str, make_topic: Callable[..., str], group_id: str, stripe_url: str, tmp_path: Path
 ) -> None:
-    topic = make_topic(partitions=2)
-    make_topic(partitions=1, name=f"{topic}.dlq")
-    meter = create_meter(stripe_url)
-    start_s = int(time.time())
+    topic, meter, start_s = setup(make_topic, stripe_url, partitions=2)
     first, expected = records(300, 2)
     ends = produce(kafka_bootstrap, topic, first, partitions=2)
     deliver(env_for(kafka_bootstrap, stripe_url, topic, group_id), ends, tmp_path, group_id)
@@ -120,10 +124,7 @@ def test_a_re_created_topic_bills_both_generations(
 def test_a_new_group_after_a_day_sends_nothing_again(
     kafka_bootstrap: str, make_topic: Callable[..., str], group_id: str, stripe_url: str, tmp_path: Path
 ) -> None:
-    topic = make_topic(partitions=2)
-    make_topic(partitions=1, name=f"{topic}.dlq")
-    meter = create_meter(stripe_url)
-    start_s = int(time.time())
+    topic, meter, start_s = setup(make_topic, stripe_url, partitions=2)
     pairs, expected = records(400, 3)
     ends = produce(kafka_bootstrap, topic, pairs, partitions=2)
     deliver(env_for(kafka_bootstrap, stripe_url, topic, group_id), ends, tmp_path, group_id)
@@ -152,10 +153,7 @@ def test_a_new_group_after_a_day_sends_nothing_again(
 def test_an_offset_reset_after_a_day_sends_nothing_again(
     kafka_bootstrap: str, make_topic: Callable[..., str], group_id: str, stripe_url: str, tmp_path: Path
 ) -> None:
-    topic = make_topic(partitions=1)
-    make_topic(partitions=1, name=f"{topic}.dlq")
-    meter = create_meter(stripe_url)
-    start_s = int(time.time())
+    topic, meter, start_s = setup(make_topic, stripe_url, partitions=1)
     pairs, expected = records(200, 4)
     ends = produce(kafka_bootstrap, topic, pairs, partitions=1)
     env = env_for(kafka_bootstrap, stripe_url, topic, group_id)
@@ -178,10 +176,7 @@ def test_an_offset_reset_after_a_day_sends_nothing_again(
 def test_a_rewound_ledger_re_sends_exactly_the_rewound_range(
     kafka_bootstrap: str, make_topic: Callable[..., str], group_id: str, stripe_url: str, tmp_path: Path
 ) -> None:
-    topic = make_topic(partitions=1)
-    make_topic(partitions=1, name=f"{topic}.dlq")
-    meter = create_meter(stripe_url)
-    start_s = int(time.time())
+    topic, meter, start_s = setup(make_topic, stripe_url, partitions=1)
     pairs, expected = records(100, 1)
     ends = produce(kafka_bootstrap, topic, pairs, partitions=1)
     env = env_for(kafka_bootstrap, stripe_url, topic, group_id)
