@@ -124,7 +124,7 @@ class StandInProducer:
 class InstantSender:
     """Accepts every batch at once: what is left is the consumer thread's own cost."""
 
-    async def send(self, events: Sequence[MeterEvent]) -> BatchResult:
+    async def send(self, events: Sequence[MeterEvent], origins: object = None) -> BatchResult:
         return BatchResult(len(events))
 
     def stats(self) -> SenderStats:

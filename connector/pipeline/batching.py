@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from connector.pipeline.offsets import PartitionOffsets
 from connector.records import ConsumedMessage, MeterEvent
+from connector.stripe.request_keys import Origin
 
 MAX_EVENTS_PER_REQUEST = 100  # Stripe's limit for one meter_event_stream request
+# Partitions one request may touch: the idempotency key names one offset range per partition, and four
+# ranges fit Stripe's 255 characters whatever the offsets (``connector.stripe.request_keys``). Records
+# arrive in runs of one partition, so the cap rarely closes a batch early.
+MAX_PARTITIONS_PER_REQUEST = 4
 
 
 class Item(NamedTuple):
@@ -37,6 +42,14 @@ class Batch:
     def events(self) -> Sequence[MeterEvent]:
         return [item.event for item in self.items]
 
+    def origins(self, namespace_of: Callable[[str], str]) -> list[Origin]:
+        """Where each event's record came from, for the request's idempotency key."""
+        namespaces = {p.topic: namespace_of(p.topic) for p in self.partitions}
+        return [
+            Origin(namespaces[item.offsets.topic], item.offsets.partition, item.message.offset())
+            for item in self.items
+        ]
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -51,15 +64,29 @@ class Batcher:
         self.linger_s = linger_s
         self._items: list[Item] = []
         self._opened_at = 0.0
+        self._partitions: list[PartitionOffsets] = []  # the open batch's partition epochs
 
     def add(self, item: Item, now: float) -> Batch | None:
-        """Add an event; returns the batch if this event filled it."""
+        """Add an event; returns the batch this event filled, or the one it could not join."""
+        closed = None
+        offsets = item.offsets
+        partitions = self._partitions
+        if not partitions or partitions[-1] is not offsets:
+            if not any(p is offsets for p in partitions):
+                if len(partitions) >= MAX_PARTITIONS_PER_REQUEST:
+                    closed = self.flush()
+                self._partitions.append(offsets)
+            else:
+                partitions.remove(offsets)  # keep the most recent last: the check above stays one compare
+                partitions.append(offsets)
         if not self._items:
             self._opened_at = now
         self._items.append(item)
         if len(self._items) >= self.max_events:
+            # Not after a batch was just closed for its partitions: one item fills a batch only when
+            # max_events is 1, and then no batch ever holds two partitions.
             return self.flush()
-        return None
+        return closed
 
     def due(self, now: float) -> Batch | None:
         """The open batch if it has lingered long enough."""
@@ -77,6 +104,7 @@ class Batcher:
             return None
         batch = Batch(self._items, self._opened_at)
         self._items = []
+        self._partitions = []
         return batch
 
     def __len__(self) -> int:

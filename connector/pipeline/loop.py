@@ -110,6 +110,7 @@ class Pipeline:
             settings.sender.max_in_flight,
             self.telemetry.observe_send,
             loop_factory,
+            namespace_of=lambda topic: self._mappers[topic].namespace or "",
         )
         self._batcher = Batcher(pipeline.batch_size, pipeline.linger_ms / 1000)
         self._tracker = OffsetTracker()

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol
 from connector.errors import FatalError
 from connector.pipeline.batching import Batch
 from connector.records import MeterEvent
+from connector.stripe.request_keys import Origin
 from connector.stripe.results import BatchResult, SenderStats
 
 log = logging.getLogger("kafka_stripe.pipeline")
@@ -30,7 +31,9 @@ OnBackoff = Callable[[str], None]  # the sender's back-off signal: called with t
 class BatchSender(Protocol):
     """The Stripe side as the pipeline sees it (``connector.stripe.sender.MeterEventSender``)."""
 
-    async def send(self, events: Sequence[MeterEvent]) -> BatchResult: ...
+    async def send(
+        self, events: Sequence[MeterEvent], origins: Sequence[Origin] | None = None
+    ) -> BatchResult: ...
 
     def stats(self) -> SenderStats: ...
 
@@ -65,8 +68,11 @@ class SenderThread:
         max_in_flight: int,
         observe_send: Callable[[float], None],
         loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+        namespace_of: Callable[[str], str] | None = None,
     ) -> None:
         self._factory = factory
+        # A topic's namespace (as in its identifiers), for the requests' idempotency keys; None: no keys.
+        self._namespace_of = namespace_of
         self._on_backoff = on_backoff
         self._observe_send = observe_send
         self._max_in_flight = max_in_flight
@@ -110,7 +116,8 @@ class SenderThread:
                         result = ABANDONED
                     else:
                         started = time.monotonic()
-                        result = await sender.send(batch.events)
+                        origins = None if self._namespace_of is None else batch.origins(self._namespace_of)
+                        result = await sender.send(batch.events, origins)
                         self._observe_send(time.monotonic() - started)
             except FatalError as exc:
                 result = Failed(str(exc), fatal=exc)

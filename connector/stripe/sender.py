@@ -30,6 +30,7 @@ from connector.stripe.limits import (
 )
 from connector.stripe.outcomes import Action, Outcome, classify
 from connector.stripe.ratelimit import AimdLimiter, Sleep, TokenBucket
+from connector.stripe.request_keys import Origin, request_key
 from connector.stripe.results import BatchResult, Rejection, SenderStats
 from connector.stripe.retry import BackoffReason, Retrier, RetryPolicy, backoff_reason
 from connector.stripe.session import Session, SessionManager, SessionUnavailable
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from connector.config.settings import SenderSettings, StripeSettings
 
 log = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 # Called with the reason each time the sender starts a back-off wait: the pipeline's signal to slow down.
 OnBackoff = Callable[[BackoffReason], None]
@@ -54,14 +57,18 @@ class _Job:
         "docs",
         "error",
         "invalid_token_renewed",
+        "origins",
         "rejected",
         "renewals",
         "retries",
         "undelivered",
     )
 
-    def __init__(self, docs: list[dict[str, object]], deadline: float) -> None:
+    def __init__(
+        self, docs: list[dict[str, object]], origins: Sequence[Origin] | None, deadline: float
+    ) -> None:
         self.docs = docs
+        self.origins = origins
         self.deadline = deadline
         self.attempts = 0
         self.retries = 0
@@ -190,8 +197,13 @@ class MeterEventSender:
 
     # -- public ---------------------------------------------------------------------------------
 
-    async def send(self, events: Sequence[MeterEvent]) -> BatchResult:
+    async def send(
+        self, events: Sequence[MeterEvent], origins: Sequence[Origin] | None = None
+    ) -> BatchResult:
         """Deliver one batch; never reports an event delivered unless Stripe answered 2xx for it.
+
+        ``origins[i]`` is where ``events[i]``'s record came from: every request then carries an
+        ``Idempotency-Key`` naming its records (``request_keys``), which Stripe's error reports quote.
 
         Raises ``FatalError`` when the pipeline must stop (key or token refused, wrong endpoint);
         ``ValueError`` for a batch that is empty or larger than 100 events.
@@ -205,8 +217,8 @@ class MeterEventSender:
         self._batches_in_flight += 1
         try:
             docs = [event.as_json() for event in events]
-            job = _Job(docs, self._clock() + self.retry.max_elapsed_s)
-            outcome = await self._send_with_retries(job, orjson.dumps({"events": docs}))
+            job = _Job(docs, origins, self._clock() + self.retry.max_elapsed_s)
+            outcome = await self._send_with_retries(job, self._request(job, range(size)))
             if outcome.action is Action.DELIVERED:
                 self._deferrals = 0
             else:
@@ -321,27 +333,38 @@ class MeterEventSender:
 
     # -- attempts -------------------------------------------------------------------------------
 
-    async def _send_with_retries(self, job: _Job, body: bytes) -> Outcome:
-        """Send ``body`` until it is delivered, refused, or the batch's time is up (→ the last RETRY)."""
+    @staticmethod
+    def _request(job: _Job, indices: Sequence[int]) -> tuple[bytes, str | None]:
+        """The body of a request carrying ``indices`` of the batch, and its idempotency key."""
+        docs = job.docs
+        body = orjson.dumps({"events": docs if len(indices) == len(docs) else [docs[i] for i in indices]})
+        origins = job.origins
+        if origins is None:
+            return body, None
+        return body, request_key((origins[i] for i in indices), body)
+
+    async def _send_with_retries(self, job: _Job, request: tuple[bytes, str | None]) -> Outcome:
+        """Send a request until it is delivered, refused, or the batch's time is up (→ the last RETRY);
+        every resend carries the same body and key."""
         # The first attempt runs before tenacity is involved (see ``Retrier``): nearly all succeed.
-        outcome = await self._attempt(job, body)
+        outcome = await self._attempt(job, request)
         if outcome.action is not Action.RETRY:
             return outcome
         return await self._retrier.resend(
-            lambda: self._attempt(job, body),
+            lambda: self._attempt(job, request),
             outcome,
             deadline=job.deadline,
             before_wait=lambda failed, seconds: self._before_wait(job, failed, seconds),
         )
 
-    async def _attempt(self, job: _Job, body: bytes) -> Outcome:
+    async def _attempt(self, job: _Job, request: tuple[bytes, str | None]) -> Outcome:
         """One logical attempt: a request, plus resends with a new token when the session expired."""
         while True:
             try:
                 session = await self.sessions.current()
             except SessionUnavailable as exc:
                 return Outcome(Action.RETRY, None, "session_unavailable", str(exc), exc.retry_after)
-            outcome = await self._post(job, body, session)
+            outcome = await self._post(job, request, session)
             if outcome.action is Action.DELIVERED:
                 return outcome
             outcome = outcome._replace(message=redact(outcome.message, (session.token,)))
@@ -357,14 +380,16 @@ class MeterEventSender:
             except SessionUnavailable as exc:
                 return Outcome(Action.RETRY, None, "session_unavailable", str(exc), exc.retry_after)
 
-    async def _post(self, job: _Job, body: bytes, session: Session) -> Outcome:
+    async def _post(self, job: _Job, request: tuple[bytes, str | None], session: Session) -> Outcome:
         """One stream request within the pacing limits, classified; the limiters learn from its answer."""
+        body, key = request
+        headers = session.headers if key is None else {**session.headers, IDEMPOTENCY_KEY: key}
         window = await self.limiter.acquire()
         try:
             await self.bucket.acquire()
             job.attempts += 1
             self._requests += 1
-            response = await self._http.post(self.url, body, session.headers)
+            response = await self._http.post(self.url, body, headers)
         except TransportError as exc:
             self.limiter.release(window)
             self._transport_errors += 1
@@ -441,7 +466,6 @@ class MeterEventSender:
             job.undelivered.extend(indices)
             job.error = job.error or "the batch's time ran out while isolating refused events"
             return
-        docs = job.docs
-        outcome = await self._send_with_retries(job, orjson.dumps({"events": [docs[i] for i in indices]}))
+        outcome = await self._send_with_retries(job, self._request(job, indices))
         if outcome.action is not Action.DELIVERED:
             await self._settle(job, indices, outcome)

@@ -135,7 +135,7 @@ class Sender:
         self.closed = False
         self.on_backoff: Callable[[str], None] | None = None
 
-    async def send(self, events: Sequence[MeterEvent]) -> BatchResult:
+    async def send(self, events: Sequence[MeterEvent], origins: object = None) -> BatchResult:
         self.sent.append(len(events))
         if self.gate is not None:
             await self.gate.wait()
