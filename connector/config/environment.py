@@ -21,6 +21,7 @@ from connector.config.settings import (
     StripeSettings,
     TelemetrySettings,
     TopicSettings,
+    ValidationSettings,
 )
 from connector.config.topics import (
     read_topic,
@@ -332,6 +333,19 @@ def _read_telemetry(reader: Reader) -> TelemetrySettings:
     )
 
 
+def _read_validation(reader: Reader) -> ValidationSettings:
+    on_missing = reader.choice("CONNECTOR_ON_MISSING_METER", "pause", ("pause", "dlq"))
+    return ValidationSettings(
+        meter_refresh_s=reader.number("CONNECTOR_METER_REFRESH_S", 60.0),
+        on_missing_meter="dlq" if on_missing == "dlq" else "pause",
+        verify_customers=reader.flag("CONNECTOR_VERIFY_CUSTOMERS", True),
+        unknown_customer_wait_s=reader.number("CONNECTOR_UNKNOWN_CUSTOMER_WAIT_S", 600.0),
+        customer_lookups_rps=reader.number("CONNECTOR_CUSTOMER_LOOKUPS_RPS", 20.0, minimum=0.1),
+        customer_cache_size=reader.integer("CONNECTOR_CUSTOMER_CACHE_SIZE", 1_000_000, minimum=1),
+        error_reports_poll_s=reader.integer("CONNECTOR_ERROR_REPORTS_POLL_S", 30, minimum=0),
+    )
+
+
 # ------------------------------------------------------------------------------------------ the loader
 
 
@@ -345,6 +359,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     pipeline = _read_pipeline(reader)
     sender = _read_sender(reader, stripe)
     telemetry = _read_telemetry(reader)
+    validation = _read_validation(reader)
     unknown_topic_variables(reader, [topic.name for topic in topics])
     reader.unknown("CONNECTOR_")
     reader.unknown("SCHEMA_REGISTRY_")
@@ -359,4 +374,5 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         sender=sender,
         telemetry=telemetry,
         schema_registry=registry,
+        validation=validation,
     )

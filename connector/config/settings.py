@@ -32,6 +32,7 @@ DEFAULT_GROUP_ID = "kafka-stripe"
 ENV_PREFIXES = ("KAFKA_", "STRIPE_", "TOPIC_", "CONNECTOR_", "SCHEMA_REGISTRY_")
 
 OnInvalid = Literal["dlq", "fail"]
+OnMissingMeter = Literal["pause", "dlq"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Properties that only a consumer understands; a producer (the dead-letter topic's) would warn about them.
@@ -216,6 +217,25 @@ class SenderSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ValidationSettings:
+    """Checking events against Stripe's live state before sending, and reading back what Stripe dropped
+    after its 200 (``CONNECTOR_*``)."""
+
+    # Meters: re-read this often (and at once when Stripe reports archived_meter or no_meter); what to do
+    # with a topic whose event name has no active meter.
+    meter_refresh_s: float = 60.0
+    on_missing_meter: OnMissingMeter = "pause"
+    # Customers: each id looked up once; records of an unknown one wait this long before the dead-letter
+    # topic; lookups are paced to fit Stripe's read limit (25 requests/s per endpoint in test mode).
+    verify_customers: bool = True
+    unknown_customer_wait_s: float = 600.0
+    customer_lookups_rps: float = 20.0
+    customer_cache_size: int = 1_000_000
+    # Stripe's asynchronous error reports (GET /v2/core/events): polled this often; 0 turns it off.
+    error_reports_poll_s: int = 30
+
+
+@dataclass(frozen=True, slots=True)
 class TelemetrySettings:
     """Metrics endpoint and logging (``CONNECTOR_*``)."""
 
@@ -237,6 +257,7 @@ class Settings:
     sender: SenderSettings = field(default_factory=SenderSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     schema_registry: SchemaRegistrySettings | None = None
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
 
     @property
     def topic_names(self) -> tuple[str, ...]:
@@ -270,6 +291,7 @@ class Settings:
             "pipeline": _plain(self.pipeline),
             "sender": _plain(self.sender),
             "telemetry": _plain(self.telemetry),
+            "validation": _plain(self.validation),
         }
 
     def secrets(self) -> tuple[Secret, ...]:
@@ -285,7 +307,9 @@ class Settings:
         return Redactor(self.secrets())(text)
 
 
-def _plain(settings: PipelineSettings | SenderSettings | TelemetrySettings) -> dict[str, object]:
+def _plain(
+    settings: PipelineSettings | SenderSettings | TelemetrySettings | ValidationSettings,
+) -> dict[str, object]:
     return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
 
 

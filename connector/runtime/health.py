@@ -53,6 +53,7 @@ class HealthView:
     session: SessionSnapshot | None = None
     waiting_since: float | None = None  # the sender has held batches continuously since then
     error: str | None = None  # the snapshot callback failed
+    meter_problems: tuple[str, ...] = ()  # topics whose events are held back for their meter
 
 
 class Health(NamedTuple):
@@ -72,6 +73,7 @@ def assess(view: HealthView, now: float, policy: HealthPolicy = HealthPolicy()) 
     reasons: list[str] = []
     if not view.partitions:
         reasons.append("no partitions assigned")
+    reasons.extend(view.meter_problems)
     if view.paused_since is not None and now - view.paused_since >= policy.paused_after_s:
         reasons.append(
             f"partitions paused for {now - view.paused_since:.0f} s (limit {policy.paused_after_s:g} s)"
@@ -132,7 +134,12 @@ class HealthHistory:
             self._waiting_since = now
         if snap.session is not None and snap.session.id != self._session_id:
             self._session_id, self.session_seen = snap.session.id, now
-        return HealthView(tuple(current.values()), paused_since, snap.session, self._waiting_since, error)
+        meters = tuple(
+            f"topic {m.topic} is paused: {m.problem}" for m in snap.meters if m.problem is not None
+        )
+        return HealthView(
+            tuple(current.values()), paused_since, snap.session, self._waiting_since, error, meters
+        )
 
 
 class Observed(Protocol):

@@ -70,6 +70,13 @@ class _Collector:
         yield _gauge("paused_partitions", "Partitions paused for backpressure.", t.paused_partitions)
         if snap.buffered is not None:
             yield _gauge("records_buffered", "Records consumed and not yet done.", snap.buffered)
+        if snap.customers_waiting is not None:
+            yield _gauge(
+                "customers_waiting_records",
+                "Records held until Stripe knows their customer (dead-lettered after the wait).",
+                snap.customers_waiting,
+            )
+        yield from self._meters(snap)
         yield from self._partitions(view)
         if snap.sender is not None:
             yield from self._sender(snap.sender)
@@ -102,6 +109,17 @@ class _Collector:
                 lag.add_metric(labels, p.lag)
         yield committed
         yield lag
+
+    def _meters(self, snap: Snapshot) -> Iterator[Metric]:
+        active = GaugeMetricFamily(
+            f"{PREFIX}_meter_active",
+            "1 while the topic's event name has an active meter with matching payload keys; 0 while its "
+            "events are held back (paused or dead-lettered, CONNECTOR_ON_MISSING_METER).",
+            labels=("topic", "event_name"),
+        )
+        for meter in snap.meters:
+            active.add_metric((meter.topic, meter.event_name), 0 if meter.problem else 1)
+        yield active
 
     def _sender(self, stats: SenderStats) -> Iterator[Metric]:
         yield _gauge("batches_in_flight", "Batches the sender is working on.", stats.batches_in_flight)
@@ -200,6 +218,30 @@ class Telemetry:
         skipped = "Records not sent: the delivery ledger says they were delivered already (by reason)."
         self._skipped = Counter(f"{PREFIX}_records_skipped", skipped, ["reason"], registry=registry)
         self._skipped_delivered = self._skipped.labels("already_delivered")
+        self._async_errors = Counter(
+            f"{PREFIX}_stripe_async_errors",
+            "Errors Stripe reported after accepting events (error reports' error_count), by code.",
+            labelnames=("code",),
+            registry=registry,
+        )
+        self._async_samples = Counter(
+            f"{PREFIX}_stripe_async_samples",
+            "Sample errors of Stripe's error reports: dead_lettered (mapped to records) or unmapped.",
+            labelnames=("outcome",),
+            registry=registry,
+        )
+        self._customer_lookups = Counter(
+            f"{PREFIX}_customer_lookups",
+            "Customer ids looked up at Stripe before sending, by result (found, not_found, error).",
+            labelnames=("result",),
+            registry=registry,
+        )
+        self._meter_refreshes = Counter(
+            f"{PREFIX}_meter_refreshes",
+            "Reads of the account's meters, by result (ok, error).",
+            labelnames=("result",),
+            registry=registry,
+        )
         self._request_seconds = Histogram(
             f"{PREFIX}_request_duration_seconds",
             "Time the sender took over one batch: a request's round trip, plus any back-off and resends.",
@@ -268,12 +310,31 @@ class Telemetry:
 
     def dead_lettered(self, code: str, records: int = 1) -> None:
         """The dead-letter topic acknowledged a record rejected with ``code``."""
+        self._dead_lettered.labels(self._bounded_code(code)).inc(records)
+
+    def _bounded_code(self, code: str) -> str:
         with self._lock:
             if code not in self._codes:
                 if len(self._codes) >= MAX_DEAD_LETTER_CODES:
-                    code = "other"
+                    return "other"
                 self._codes.add(code)
-        self._dead_lettered.labels(code).inc(records)
+        return code
+
+    def async_errors(self, code: str, count: int) -> None:
+        """An error report counted ``count`` errors of ``code``."""
+        self._async_errors.labels(self._bounded_code(code)).inc(count)
+
+    def async_samples(self, outcome: str, count: int = 1) -> None:
+        """Sample errors that were dead-lettered (``dead_lettered``) or could not be mapped (``unmapped``)."""
+        self._async_samples.labels(outcome).inc(count)
+
+    def customer_lookup(self, result: str) -> None:
+        """One customer lookup ended: ``found``, ``not_found`` or ``error``."""
+        self._customer_lookups.labels(result).inc()
+
+    def meter_refresh(self, result: str) -> None:
+        """One read of the meters ended: ``ok`` or ``error``."""
+        self._meter_refreshes.labels(result).inc()
 
     def paused(self, partitions: int) -> None:
         """Partitions are paused now (again with the new count when more are paused while paused)."""

@@ -26,6 +26,14 @@ class SessionSnapshot(NamedTuple):
     created_at: float | None = None  # None: the age is counted from when telemetry first saw the session
 
 
+class MeterSnapshot(NamedTuple):
+    """A topic's meter as the connector last read it: ``problem`` is None while its meter is active."""
+
+    topic: str
+    event_name: str
+    problem: str | None = None  # why the topic's events are not sent (no active meter, keys differ)
+
+
 class Snapshot(NamedTuple):
     """What the ``snapshot`` callback returns; read on the HTTP thread, so plain values only."""
 
@@ -33,3 +41,5 @@ class Snapshot(NamedTuple):
     sender: SenderStats | None = None
     session: SessionSnapshot | None = None
     buffered: int | None = None  # records consumed and not yet done
+    meters: Sequence[MeterSnapshot] = ()  # empty until the meters were read
+    customers_waiting: int | None = None  # records held until Stripe knows their customer
