@@ -77,6 +77,9 @@ class FlowControl:
         self._backoffs = 0
         self._backoff_reason = ""
         self._seen_backoffs = 0
+        # Topics whose meter does not take their events: their partitions stay paused whatever the
+        # buffer does (``connector.pipeline.admission``); the loop pauses and resumes them itself.
+        self.held_topics: set[str] = set()
 
     def attach(self, consumer: Partitions) -> None:
         """The consumer whose partitions are paused and resumed."""
@@ -127,8 +130,14 @@ class FlowControl:
 
     def assigned(self, partitions: Sequence[Any]) -> None:
         """Newly assigned partitions join a pause in force (called from the assignment callback)."""
-        if self.paused and self._consumer is not None:
+        if self._consumer is None:
+            return
+        if self.paused:
             self._consumer.pause(list(partitions))
+        elif self.held_topics:
+            held = [p for p in partitions if p.topic in self.held_topics]
+            if held:
+                self._consumer.pause(held)
 
     def _set_paused(self, paused: bool, why: str) -> None:
         consumer = self._consumer
@@ -139,7 +148,7 @@ class FlowControl:
             if self._listener is not None:
                 self._listener.paused(len(assignment))
         else:
-            consumer.resume(assignment)
+            consumer.resume([p for p in assignment if p.topic not in self.held_topics])
             if self._listener is not None:
                 self._listener.resumed()
         self.state = FlowState.PAUSED if paused else FlowState.READING

@@ -37,13 +37,17 @@ from connector.config.settings import Settings, TopicSettings
 from connector.errors import ConfigurationError, FatalError, RecordRejected, RetryableError
 from connector.kafka.deadletter import DeadLetterQueue
 from connector.mapping.mapper import Mapper
+from connector.pipeline.admission import Admission
 from connector.pipeline.batching import Batch, Batcher, Item
+from connector.pipeline.customers import Verdict
 from connector.pipeline.flow import FlowControl
+from connector.pipeline.holds import TopicHolds
 from connector.pipeline.identity import IdentityPort
 from connector.pipeline.offsets import OffsetTracker, PartitionOffsets
 from connector.pipeline.progress import PROGRESS_INTERVAL_S, VIEW_INTERVAL_S, Progress, Reporter
 from connector.pipeline.rebalance import Rebalancer
 from connector.pipeline.sender_thread import Failed, SenderFactory, SenderThread
+from connector.pipeline.stripe_watch import StripeWatch
 from connector.records import KafkaRecord, MeterEvent, kafka_timestamp_ms
 from connector.runtime.metrics import Telemetry
 from connector.runtime.snapshot import Snapshot
@@ -92,6 +96,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         telemetry: Telemetry | None = None,
         loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+        watch: StripeWatch | None = None,
     ) -> None:
         self.settings = settings
         # A telemetry without a server still counts: the hot path never checks for None.
@@ -114,6 +119,10 @@ class Pipeline:
         )
         self._batcher = Batcher(pipeline.batch_size, pipeline.linger_ms / 1000)
         self._tracker = OffsetTracker()
+        # Meters and customers checked against Stripe before sending (None: nothing is checked).
+        self.admission = Admission(settings, watch)
+        self._releases_seen = 0
+        self._holds = TopicHolds(self._tracker, self.flow)
         self.rebalance = Rebalancer(
             self._tracker, self.flow, self, pipeline.shutdown_timeout_s, on_assigned=self.identity.on_assign
         )
@@ -137,9 +146,11 @@ class Pipeline:
         try:
             # First: without the ledger and the topics' namespaces nothing may be consumed.
             self.identity.start()
+            self.admission.start()
         except (ConfigurationError, *_STOPS) as exc:
             refused = FatalError(f"cannot start: {exc}")
             log.error("fatal: %s", refused)
+            self.admission.stop()
             return refused
         self._open()
         fatal: FatalError | None = None
@@ -159,6 +170,7 @@ class Pipeline:
         consumer_config.setdefault("queued.max.messages.kbytes", str(PREFETCH_KBYTES))
         self._consumer = self._consumer_factory(consumer_config)
         self.flow.attach(self._consumer)
+        self._holds.attach(self._consumer)
         self._dlq = DeadLetterQueue(self._producer_factory(dict(kafka.producer_config())))
         self._sender.start()
         topics = [t.name for t in self.settings.topics]
@@ -191,6 +203,7 @@ class Pipeline:
             if batch is not None:
                 self._submit(batch)
             self._drain()
+            self._apply_admission(now)
             flow.update(self._tracker.pending)
             if now >= next_commit:
                 self._commit(asynchronous=True)
@@ -211,11 +224,13 @@ class Pipeline:
         now = self._clock()
         now_ms = int(time.time() * 1000)
         add = self._batcher.add
+        admission = self.admission
+        known = admission.gate.known
         consumed = 0
-        # consume() returns runs of records of one partition: its epoch and mapper are looked up once
-        # per run. The message itself travels with its event; no per-record copy is made of it.
+        # consume() returns runs of records of one partition: its epoch, mapper, meter state and customer
+        # key are looked up once per run. The message travels with its event; no per-record copy is made.
         offsets: PartitionOffsets | None = None
-        map_value = None
+        map_value = blocked = customer_key = None
         for message in messages:
             if message.error() is not None:
                 self._consumer_error(message.error())
@@ -224,9 +239,11 @@ class Pipeline:
             partition = message.partition()
             offset = message.offset()
             if offsets is None or offsets.partition != partition or offsets.topic != topic:
-                offsets = self._tracker.for_record(topic, partition)
-                map_value = self._mappers[topic].map_value
+                offsets, map_value, blocked, customer_key = self._run_of(topic, partition)
             assert map_value is not None
+            if blocked is not None and admission.pause_on_missing:
+                self._holds.hold(offsets, offset)
+                continue
             offsets.track(offset)
             consumed += 1
             if offset < offsets.skip_below:  # delivered before, per the ledger: done, not sent again
@@ -234,16 +251,73 @@ class Pipeline:
                 offsets.skipped += 1
                 continue
             try:
+                if blocked is not None:
+                    raise admission.meter_rejection(topic)
                 event = map_value(
                     message.value(), topic, partition, offset, kafka_timestamp_ms(message), now_ms
                 )
             except RecordRejected as exc:
                 self._dead_letter(KafkaRecord.from_message(message), exc, offsets)
                 continue
-            batch = add(_new_item((event, message, offsets)), now)
+            item = _new_item((event, message, offsets))
+            if (
+                customer_key is not None
+                and event.payload.get(customer_key) not in known
+                and not self._admit(item, now)
+            ):
+                continue
+            batch = add(item, now)
             if batch is not None:
                 self._submit(batch)
         self.progress.consumed += consumed
+
+    def _run_of(
+        self, topic: str, partition: int
+    ) -> tuple[PartitionOffsets, Callable[..., MeterEvent], str | None, str | None]:
+        """What a run of one partition's records needs: its epoch, its topic's mapping, the reason its
+        meter does not take events now (None: it does), the payload key to verify customers by."""
+        admission = self.admission
+        return (
+            self._tracker.for_record(topic, partition),
+            self._mappers[topic].map_value,
+            admission.problem(topic),
+            admission.customer_keys[topic] if admission.verify else None,
+        )
+
+    def _admit(self, item: Item, now: float) -> bool:
+        """Whether an event of a customer not known to be at Stripe goes out now."""
+        verdict = self.admission.admit(item, now)
+        if verdict is Verdict.REJECT:
+            record = KafkaRecord.from_message(item.message)
+            self._dead_letter(record, self.admission.rejection(item).at(record.coordinates), item.offsets)
+        return verdict is Verdict.SEND
+
+    # ----------------------------------------------------------------- admission (meters, customers)
+
+    def _apply_admission(self, now: float) -> None:
+        """Send the events whose customer turned up, reject those whose wait is over, pause or resume
+        topics whose meter went or came back."""
+        admission = self.admission
+        if self._tracker.releases != self._releases_seen:  # a rebalance: forget work for lost partitions
+            self._releases_seen = self._tracker.releases
+            admission.drop(lambda item: item.offsets.released)
+            self._holds.forget_released()
+        decisions = admission.poll(now)
+        if admission.pause_on_missing:
+            if decisions.blocked:
+                self._holds.pause(decisions.blocked)
+            if decisions.freed:
+                self._holds.resume(decisions.freed)
+        add = self._batcher.add
+        for item in decisions.send:
+            if not item.offsets.released:
+                batch = add(item, now)
+                if batch is not None:
+                    self._submit(batch)
+        for item, error in decisions.reject:
+            if not item.offsets.released:
+                record = KafkaRecord.from_message(item.message)
+                self._dead_letter(record, error.at(record.coordinates), item.offsets)
 
     def _consumer_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
@@ -409,6 +483,7 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 self._consumer.close()  # leaves the group: partitions move at once, not after a timeout
             self._sender.stop()
+            self.admission.stop()
             self.identity.close()
             log.info("stopped")
         return fatal
@@ -436,7 +511,16 @@ class Pipeline:
 
     def telemetry_snapshot(self) -> Snapshot:
         """Gauges for a scrape or probe; runs on the telemetry thread, so it only reads."""
-        return self._reporter.snapshot(self._sender.sender)
+        snapshot = self._reporter.snapshot(self._sender.sender)
+        admission = self.admission
+        return snapshot._replace(
+            meters=admission.meters_snapshot(),
+            customers_waiting=admission.gate.waiting if admission.verify else None,
+        )
+
+    def request_meter_refresh(self) -> None:
+        """Read the meters again soon (thread-safe: Stripe reported a meter error)."""
+        self.admission.refresh_meters()
 
     def lag(self) -> int | None:
         """Records behind the log end over owned partitions (librdkafka's cached watermarks)."""

@@ -97,6 +97,7 @@ class OffsetTracker:
 
     def __init__(self) -> None:
         self._partitions: dict[tuple[str, int], PartitionOffsets] = {}
+        self.releases = 0  # how many times partitions were released: work held for them may be stale
 
     def assign(self, partitions: Iterable[tuple[str, int]]) -> None:
         for key in partitions:
@@ -107,6 +108,7 @@ class OffsetTracker:
         released = [p for key in partitions if (p := self._partitions.pop(key, None)) is not None]
         for p in released:
             p.released = True
+        self.releases += 1
         return released
 
     def get(self, topic: str, partition: int) -> PartitionOffsets | None:

@@ -195,7 +195,6 @@ class Telemetry:
         self._paused_since: float | None = None
         self.paused_partitions = 0
         self._server: HealthServer | None = None
-
         self.registry = registry = CollectorRegistry(auto_describe=False)
         self._consumed = Counter(
             f"{PREFIX}_records_consumed", "Records consumed from Kafka.", registry=registry
@@ -218,6 +217,23 @@ class Telemetry:
         skipped = "Records not sent: the delivery ledger says they were delivered already (by reason)."
         self._skipped = Counter(f"{PREFIX}_records_skipped", skipped, ["reason"], registry=registry)
         self._skipped_delivered = self._skipped.labels("already_delivered")
+        self._register_validation(registry)
+        self._request_seconds = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "Time the sender took over one batch: a request's round trip, plus any back-off and resends.",
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self._acceptance_seconds = Histogram(
+            f"{PREFIX}_record_to_acceptance_seconds",
+            "From a record's Kafka timestamp to Stripe accepting its event (sampled per batch).",
+            buckets=ACCEPTANCE_BUCKETS,
+            registry=registry,
+        )
+        registry.register(_Collector(self))
+
+    def _register_validation(self, registry: CollectorRegistry) -> None:
+        """Counters of the checks against Stripe's live state and of its asynchronous error reports."""
         self._async_errors = Counter(
             f"{PREFIX}_stripe_async_errors",
             "Errors Stripe reported after accepting events (error reports' error_count), by code.",
@@ -242,19 +258,6 @@ class Telemetry:
             labelnames=("result",),
             registry=registry,
         )
-        self._request_seconds = Histogram(
-            f"{PREFIX}_request_duration_seconds",
-            "Time the sender took over one batch: a request's round trip, plus any back-off and resends.",
-            buckets=REQUEST_BUCKETS,
-            registry=registry,
-        )
-        self._acceptance_seconds = Histogram(
-            f"{PREFIX}_record_to_acceptance_seconds",
-            "From a record's Kafka timestamp to Stripe accepting its event (sampled per batch).",
-            buckets=ACCEPTANCE_BUCKETS,
-            registry=registry,
-        )
-        registry.register(_Collector(self))
 
     @classmethod
     def from_settings(
