@@ -65,3 +65,50 @@ def test_a_batch_lists_each_partition_epoch_once_in_first_seen_order() -> None:
     assert following is not None and len(following.partitions) == 1
     again = type(batch)(batch.items, 0.0)
     assert again.partitions == [a, b, c]
+
+
+def on(offsets: PartitionOffsets, offset: int) -> Item:
+    record = Message(topic=offsets.topic, partition=offsets.partition, offset=offset, value=b"x")
+    event = MeterEvent(f"id-{offsets.partition}-{offset}", "api_requests", "2026-11-23T00:00:00.000Z", {})
+    return Item(event, record, offsets)
+
+
+def test_a_batch_touches_at_most_four_partitions_so_its_idempotency_key_names_them_all() -> None:
+    from connector.pipeline.batching import MAX_PARTITIONS_PER_REQUEST
+
+    parts = [PartitionOffsets("usage", p) for p in range(6)]
+    batcher = Batcher(max_events=100, linger_s=10)
+    closed = []
+    # Interleaved runs: back to a partition already in the batch does not count twice.
+    for offset, p in enumerate([0, 1, 0, 2, 3, 1, 4, 5, 4, 0]):
+        batch = batcher.add(on(parts[p], offset), now=0)
+        if batch is not None:
+            closed.append(batch)
+    assert len(closed) == 1
+    first = closed[0]
+    assert [e.identifier for e in first.events] == [
+        "id-0-0",
+        "id-1-1",
+        "id-0-2",
+        "id-2-3",
+        "id-3-4",
+        "id-1-5",
+    ]
+    assert len(first.partitions) == MAX_PARTITIONS_PER_REQUEST
+    rest = batcher.flush()
+    assert rest is not None and [p.partition for p in rest.partitions] == [4, 5, 0]
+
+
+def test_origins_name_each_event_s_namespace_partition_and_offset() -> None:
+    parts = [PartitionOffsets("usage", 0), PartitionOffsets("other", 3)]
+    batcher = Batcher(max_events=100, linger_s=10)
+    for offset, p in enumerate([0, 1, 0]):
+        batcher.add(on(parts[p], 10 + offset), now=0)
+    batch = batcher.flush()
+    assert batch is not None
+    namespaces = {"usage": "NS-usage", "other": "NS-other"}
+    assert batch.origins(namespaces.__getitem__) == [
+        ("NS-usage", 0, 10),
+        ("NS-other", 3, 11),
+        ("NS-usage", 0, 12),
+    ]

@@ -734,3 +734,60 @@ async def test_from_settings_passes_on_backoff_through() -> None:
     assert (await sender.send(events("settings"))).status == "delivered"
     assert reasons == ["other"]
     await sender.aclose()
+
+
+# ------------------------------------------------------------------------------- idempotency keys
+
+
+class KeyRecorder(httpx.AsyncBaseTransport):
+    """Records each stream request's Idempotency-Key and body before the emulator sees it."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.seen: list[tuple[str | None, bytes]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/meter_event_stream"):
+            self.seen.append((request.headers.get("Idempotency-Key"), await request.aread()))
+        return await self.inner.handle_async_request(request)
+
+
+async def test_every_stream_request_carries_a_key_naming_its_records_and_retries_reuse_it(emu: Emu) -> None:
+    from connector.stripe.request_keys import Origin, body_digest, parse_request_key
+
+    recorder = KeyRecorder(emu.transport)
+    emu.http = HttpxClient(transport=recorder)
+    batch = events("key", 40)
+    batch[3] = bad_value(batch[3])  # forces a bisection: halves are other bodies, so other keys
+    origins = [Origin("NsNsNsNsNsNsNsNsNsNs01", 2, 1000 + i) for i in range(40)]
+    emu.transport.failures = [httpx.ConnectError("refused")]  # the first request is sent twice
+    async with emu.sender() as sender:
+        result = await sender.send(batch, origins)
+    assert [r.index for r in result.rejected] == [3]
+    keys = [key for key, _body in recorder.seen]
+    assert all(key is not None for key in keys)
+    for key, body in recorder.seen:
+        assert key is not None
+        parsed = parse_request_key(key)
+        assert parsed is not None and parsed.digest == body_digest(body)
+        sent = [doc["identifier"] for doc in orjson.loads(body)["events"]]
+        (only,) = parsed.ranges
+        offsets = [1000 + int(identifier.rsplit("-", 1)[1]) for identifier in sent]
+        assert (only.first, only.last) == (min(offsets), max(offsets))
+    # The failed first request and its retry: the same key and the same body.
+    assert recorder.seen[0] == recorder.seen[1]
+    # Distinct bodies never share a key.
+    by_key: dict[str, set[bytes]] = {}
+    for key, body in recorder.seen:
+        assert key is not None
+        by_key.setdefault(key, set()).add(body)
+    assert all(len(bodies) == 1 for bodies in by_key.values())
+    assert len(by_key) > 2
+
+
+async def test_without_origins_no_key_is_sent(emu: Emu) -> None:
+    recorder = KeyRecorder(emu.transport)
+    emu.http = HttpxClient(transport=recorder)
+    async with emu.sender() as sender:
+        await sender.send(events("nokey", 3))
+    assert [key for key, _ in recorder.seen] == [None]
