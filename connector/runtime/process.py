@@ -20,6 +20,7 @@ from connector.mapping.mapper import Mapper
 from connector.pipeline.identity import Identity
 from connector.pipeline.loop import Pipeline
 from connector.pipeline.sender_thread import BatchSender, OnBackoff
+from connector.pipeline.stripe_watch import watch_for
 from connector.runtime.logging import configure_logging
 from connector.runtime.metrics import Telemetry
 from connector.stripe.sender import MeterEventSender
@@ -70,6 +71,7 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
         schema_lookup=schema_lookup_for(settings),
         telemetry=telemetry,
         loop_factory=new_event_loop,
+        watch=watch_for(settings, telemetry.customer_lookup, telemetry.meter_refresh),
     )
     telemetry.snapshot = pipeline.telemetry_snapshot
     install_signal_handlers(pipeline.request_stop)
