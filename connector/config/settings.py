@@ -231,6 +231,8 @@ class ValidationSettings:
     unknown_customer_wait_s: float = 600.0
     customer_lookups_rps: float = 20.0
     customer_cache_size: int = 1_000_000
+    # Customers listed at start (100 per request) to fill the cache before the first lookups; 0: none.
+    customer_preload: int = 10_000
     # Stripe's asynchronous error reports (GET /v2/core/events): polled this often; 0 turns it off.
     error_reports_poll_s: int = 30
 

@@ -59,7 +59,7 @@ class Admission:
         meters = self._watch.read_meters()
         if meters is not None:
             self._apply_meters(meters)
-        self._watch.start()
+        self._watch.start(customers=self.verify)
 
     def stop(self) -> None:
         if self._watch is not None:

@@ -50,6 +50,7 @@ class StripeWatch:
         *,
         lookups_per_s: float,
         meter_refresh_s: float,
+        preload: int = 0,
         on_lookup: Callable[[str], None] = lambda result: None,
         on_refresh: Callable[[str], None] = lambda result: None,
         clock: Callable[[], float] = time.monotonic,
@@ -57,6 +58,7 @@ class StripeWatch:
         self._directory = directory
         self._interval = 1.0 / lookups_per_s
         self._refresh_s = meter_refresh_s
+        self._preload = preload
         self._on_lookup = on_lookup
         self._on_refresh = on_refresh
         self._clock = clock
@@ -89,8 +91,11 @@ class StripeWatch:
             log.warning("cannot check that the key may read customers: %s", exc)
             return None
 
-    def start(self) -> None:
+    def start(self, *, customers: bool) -> None:
+        """Start the thread; ``customers``: list the first customers into the cache meanwhile."""
         self._next_refresh = self._clock() + self._refresh_s
+        if customers and self._preload:
+            self._pool.submit(self._list_customers)
         self._thread.start()
 
     def look_up(self, customers: Sequence[str]) -> None:
@@ -142,6 +147,18 @@ class StripeWatch:
     def _read_meters(self) -> None:
         self._answers.put(MetersAnswer(self.read_meters()))
 
+    def _list_customers(self) -> None:
+        # Known customers only: an id missing from the list may be beyond the preload, so absence
+        # proves nothing and is left to the lookups.
+        listed = 0
+        try:
+            for customer in self._directory.customers(self._preload):
+                self._answers.put(CustomerAnswer(customer, True))
+                listed += 1
+        except StripeApiError as exc:
+            log.warning("cannot list customers (%s); looking them up one by one", exc)
+        log.info("%d customers listed from Stripe into the cache", listed)
+
     def _look_up(self, customer: str) -> None:
         try:
             found: bool | None = self._directory.customer_exists(customer)
@@ -164,6 +181,7 @@ def watch_for(
     return StripeWatch(
         StripeDirectory(client),
         lookups_per_s=validation.customer_lookups_rps,
+        preload=validation.customer_preload,
         meter_refresh_s=validation.meter_refresh_s,
         on_lookup=on_lookup,
         on_refresh=on_refresh,

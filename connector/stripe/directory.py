@@ -3,6 +3,8 @@ read customers (a thin shell over the v1 client, whose GETs retry as the outcome
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from urllib.parse import quote
 
 from connector.stripe.v1 import Meter, StripeClient, StripeNotFound, StripePermissionError
@@ -32,6 +34,10 @@ class StripeDirectory:
         except StripeNotFound:
             return False
         return not found.get("deleted", False)
+
+    def customers(self, limit: int) -> Iterator[str]:
+        """The ids of up to ``limit`` customers, newest first (100 per request)."""
+        return itertools.islice((str(c["id"]) for c in self.client.list_all("/v1/customers")), limit)
 
     def meters(self) -> list[Meter]:
         """Every meter of the account, active and inactive."""
