@@ -305,10 +305,11 @@ class Catalog:
         description: str | None,
         metadata: dict[str, str],
         now: float,
+        customer_id: str | None = None,
     ) -> Customer:
-        """A customer; meter events naming its id resolve from now on."""
+        """A customer (``customer_id``: a chosen id, for tests); meter events naming it resolve from now on."""
         customer = Customer(
-            id=new_id("cus_", 14),
+            id=customer_id or new_id("cus_", 14),
             name=name,
             email=email,
             description=description,
@@ -318,6 +319,10 @@ class Catalog:
         )
         self.customers[customer.id] = customer
         return customer
+
+    def list_customers(self) -> list[Customer]:
+        """Newest first, as Stripe lists them."""
+        return sorted(self.customers.values(), key=lambda c: c.created, reverse=True)
 
     def customer(self, customer_id: str) -> Customer:
         customer = self.customers.get(customer_id)

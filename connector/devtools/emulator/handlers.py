@@ -13,8 +13,10 @@ import orjson
 
 from connector.devtools.emulator.accounts import check_include, create_account
 from connector.devtools.emulator.catalog import (
+    CUSTOMER_ID,
     INTERVALS,
     USAGE_TYPES,
+    Customer,
     Price,
     ProductDraft,
     Recurring,
@@ -612,8 +614,37 @@ def create_customer(request: Request) -> Result:
 
 
 def retrieve_customer(request: Request) -> Result:
+    """A created customer; without ``--require-known-customers`` also any well-formed ``cus_`` id, as
+    meter events for such ids count (the two answers must agree, or a client that checks customers
+    before sending would hold events the emulator would have counted)."""
     request.form().finish()
-    return 200, request.acct.catalog.customer(request.args[0]).to_json()
+    customer_id = request.args[0]
+    catalog = request.acct.catalog
+    if customer_id not in catalog.customers and request.acct.customer_known(customer_id):
+        return 200, Customer(customer_id, None, None, None, {}, 0, catalog.livemode).to_json()
+    return 200, catalog.customer(customer_id).to_json()
+
+
+def list_customers(request: Request) -> Result:
+    """``GET /v1/customers``: the created customers, newest first (lenient ids are not listed)."""
+    params = request.form()
+    page, more = paginate(request.acct.catalog.list_customers(), lambda c: c.id, params, "customer")
+    params.finish()
+    return 200, list_object("/v1/customers", [c.to_json() for c in page], more)
+
+
+def add_customer(request: Request) -> Result:
+    """``POST /_emulator/customers`` with ``{"id": "cus_…"}``: a customer with a chosen id (tests of a
+    customer created after its first usage)."""
+    body = request.json(allow_empty=False)
+    customer_id = body.get("id")
+    if not isinstance(customer_id, str) or CUSTOMER_ID.match(customer_id) is None or set(body) != {"id"}:
+        raise ApiError(400, 'expected {"id": "cus_…"}', code="parameter_invalid")
+    request.state.process_pending()  # events received before it existed are judged without it
+    customer = request.acct.catalog.create_customer(
+        name=None, email=None, description=None, metadata={}, now=request.now, customer_id=customer_id
+    )
+    return 200, customer.to_json()
 
 
 # -- v1: the account of the key --------------------------------------------------------------------
@@ -645,7 +676,18 @@ def retrieve_account_v2(request: Request) -> Result:
         if not _INCLUDE_KEY.match(key):
             raise ApiError(400, f"Received unknown parameter: {key}", code="parameter_unknown")
         include.append(value)
-    return 200, request.acct.catalog.account(request.args[0]).to_json(check_include(include))
+    account_id = request.args[0]
+    catalog = request.acct.catalog
+    if account_id not in catalog.accounts and request.acct.customer_known(account_id):
+        # Lenient mode: meter events for any well-formed acct_ id count, so such an account exists.
+        check_include(include)
+        return 200, {
+            "id": account_id,
+            "object": "v2.core.account",
+            "configuration": {"customer": {}},
+            "livemode": catalog.livemode,
+        }
+    return 200, catalog.account(account_id).to_json(check_include(include))
 
 
 # -- emulator controls --------------------------------------------------------------------------

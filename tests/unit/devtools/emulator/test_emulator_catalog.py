@@ -272,12 +272,25 @@ async def test_customers_registry_in_strict_mode() -> None:
         assert summary.status_code == 400 and summary.json()["error"]["code"] == "resource_missing"
 
 
-async def test_retrieve_unknown_customer_is_stripes_404(emu: Emu) -> None:
-    response = await emu.get("/v1/customers/cus_Missing1")
-    assert response.status_code == 404
-    error = response.json()["error"]
-    assert error["message"] == "No such customer: 'cus_Missing1'"
-    assert error["code"] == "resource_missing" and error["param"] == "id"
+async def test_retrieve_unknown_customer_is_stripes_404() -> None:
+    emulator, client = await open_emulator(require_known_customers=True)
+    async with client:
+        response = await emulator.get("/v1/customers/cus_Missing1")
+        assert response.status_code == 404
+        error = response.json()["error"]
+        assert error["message"] == "No such customer: 'cus_Missing1'"
+        assert error["code"] == "resource_missing" and error["param"] == "id"
+        assert (await emulator.get("/v2/core/accounts/acct_Missing1")).status_code == 404
+
+
+async def test_lenient_customers_exist_as_far_as_lookups_go(emu: Emu) -> None:
+    # Without --require-known-customers meter events for any well-formed id count, so a lookup before
+    # sending must find it too; malformed ids stay unknown.
+    found = await emu.get("/v1/customers/cus_Anybody1")
+    assert found.status_code == 200 and found.json()["id"] == "cus_Anybody1"
+    account = await emu.get("/v2/core/accounts/acct_Anybody1")
+    assert account.status_code == 200 and account.json()["id"] == "acct_Anybody1"
+    assert (await emu.get("/v1/customers/not-a-customer")).status_code == 404
 
 
 async def stream_customers(emulator: Emu, client: httpx.AsyncClient, *customers: str) -> None:
@@ -388,12 +401,14 @@ async def test_account_create_errors(emu: Emu, body: dict[str, Any], code: str) 
     assert set(error) == {"type", "code", "message", "doc_url"} and error["code"] == code
 
 
-async def test_unknown_account_is_a_v2_404(emu: Emu) -> None:
-    response = await emu.get("/v2/core/accounts/acct_Missing1")
-    assert response.status_code == 404
-    error = response.json()["error"]
-    assert error["code"] == "resource_missing" and "acct_Missing1" in error["message"]
-    assert set(error) == {"type", "code", "message", "doc_url"}
+async def test_unknown_account_is_a_v2_404() -> None:
+    emulator, client = await open_emulator(require_known_customers=True)
+    async with client:
+        response = await emulator.get("/v2/core/accounts/acct_Missing1")
+        assert response.status_code == 404
+        error = response.json()["error"]
+        assert error["code"] == "resource_missing" and "acct_Missing1" in error["message"]
+        assert set(error) == {"type", "code", "message", "doc_url"}
 
 
 # -- error shapes and routing -------------------------------------------------------------------
