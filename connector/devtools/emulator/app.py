@@ -21,6 +21,8 @@ from connector.devtools.emulator.config import EmulatorConfig
 from connector.devtools.emulator.encoding import CONTENT_ENCODING, VARY, accepts_gzip, compress
 from connector.devtools.emulator.errors import ApiError
 from connector.devtools.emulator.handlers import Handler, Request
+from connector.devtools.emulator.idempotency import KeyHold
+from connector.devtools.emulator.intake import stream_intake
 from connector.devtools.emulator.state import EmulatorState
 
 Scope = MutableMapping[str, Any]
@@ -51,6 +53,7 @@ class DroppedConnection(httpx.RemoteProtocolError):
 
 _JSON = (b"content-type", b"application/json")
 _LENGTH_2 = (b"content-length", b"2")
+_REPLAYED = (b"idempotent-replayed", b"true")  # Stripe's mark on an answer replayed for a key
 _OK_BODY: Message = {"type": "http.response.body", "body": b"{}", "more_body": False}
 _OK_GZIP_BYTES = compress(b"{}")
 _GZIP_LENGTH = (b"content-length", str(len(_OK_GZIP_BYTES)).encode())
@@ -213,37 +216,49 @@ class EmulatorApp:
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
+        authorization, idempotency_key, accept = _scan(scope["headers"])
+        token = _bearer(authorization)
+        held: KeyHold | None = None
         if state.faults.latency_ms:
             state.stats.faults_injected["latency"] += 1
-            await asyncio.sleep(state.faults.latency_ms / 1000)
-        body = await _read_body(receive)
+            # The latency stands for Stripe executing the request: a request with the same key that
+            # arrives meanwhile gets Stripe's 409 (without latency, intake is atomic: no overlap).
+            held = state.hold_key(token, idempotency_key)
+            try:
+                await asyncio.sleep(state.faults.latency_ms / 1000)
+                body = await _read_body(receive)
+            except BaseException:
+                if held is not None:
+                    held.release()
+                raise
+        else:
+            body = await _read_body(receive)
         self._last_stream = time.monotonic()
         # Nothing below awaits until the response is sent: faults, auth and intake are atomic.
-        faults = state.faults  # read after the awaits: a reset may have replaced it
-        authorization, idempotency_key, accept = _scan(scope["headers"])
         # Decided before intake: the request's events carry it to their error reports.
         request_id = b"req_%d" % next(_request_ids)
-        if faults.stream_faulty:
-            fault = self._stream_fault()
-            if fault is not None:
-                await self._send_error(send, fault, True, request_id, accept, stream=True)
-                return
-        now = state.clock()
+        error: ApiError | None = None
+        replayed = False
         try:
-            session = state.stream_session(_bearer(authorization), now)
-            if faults.mode_limits is not None:
-                state.check_mode_limit(session.livemode, stream=True)
-            session.ledger.ingest_stream(body, now, request_id, idempotency_key)
-        except ApiError as error:
+            replayed = stream_intake(state, token, idempotency_key, body, request_id, held)
+        except ApiError as caught:
+            error = caught
+        if held is not None:
+            held.release()
+        if error is not None:
             await self._send_error(send, error, True, request_id, accept, stream=True)
             return
+        faults = state.faults  # read after the awaits: a reset may have replaced it
         if faults.compress:
             headers, message = self._stream_ok(request_id, accept)
         else:
             headers = [_JSON, _LENGTH_2, (b"request-id", request_id)]
             message = _OK_BODY
+        if replayed:
+            headers.append(_REPLAYED)
+            state.stats.idempotent_replays += 1
         if faults.drop_rate and faults.random.random() < faults.drop_rate:
-            # Recorded, then lost in transit: the client cannot know, and a retry must dedupe.
+            # Taken in (or replayed), then lost in transit: the client cannot tell, a retry must dedupe.
             state.stats.stream_requests_dropped += 1
             state.stats.faults_injected["dropped"] += 1
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -263,24 +278,6 @@ class EmulatorApp:
             self.state.stats.responses_compressed += 1
             return [_JSON, _GZIP_LENGTH, CONTENT_ENCODING, VARY, (b"request-id", request_id)], _OK_GZIP
         return [_JSON, _LENGTH_2, VARY, (b"request-id", request_id)], _OK_BODY
-
-    def _stream_fault(self) -> ApiError | None:
-        faults = self.state.faults
-        injected = self.state.stats.faults_injected
-        draw = faults.random.random
-        if faults.outage:
-            injected["outage"] += 1
-            return faults.unavailable()
-        if faults.error_rate and draw() < faults.error_rate:
-            injected["error"] += 1
-            return faults.internal_error()
-        if faults.rate_limited_rate and draw() < faults.rate_limited_rate:
-            injected["rate_limited"] += 1
-            return faults.rate_limited("global-rate")
-        if faults.bucket is not None and not faults.bucket.take():
-            injected["throttled"] += 1
-            return faults.rate_limited("endpoint-rate")
-        return None
 
     # -- everything else ------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from connector.devtools.emulator.clock import Clock, EmulatedClock, system_clock
 from connector.devtools.emulator.config import EmulatorConfig, is_secret_key
 from connector.devtools.emulator.errors import ApiError, mask_secret
 from connector.devtools.emulator.faults import Faults
+from connector.devtools.emulator.idempotency import IdempotencyKeys, KeyHold
 from connector.devtools.emulator.ids import new_id
 from connector.devtools.emulator.ledger import EventStatus, MeterLedger
 from connector.devtools.emulator.stats import Stats
@@ -29,6 +30,7 @@ class Account:
         self.livemode = livemode
         self.catalog = Catalog(livemode)
         self.ledger = MeterLedger(livemode, stats, self.customer_known, decimal_values=config.decimal_values)
+        self.idempotency = IdempotencyKeys()  # keys are the account's, whichever session sent them
         self._strict_customers = config.require_known_customers
 
     def customer_known(self, customer_id: str) -> bool:
@@ -53,6 +55,7 @@ class Session:
     expires_at: float
     livemode: bool
     ledger: MeterLedger
+    keys: IdempotencyKeys
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,6 +143,14 @@ class EmulatorState:
             message = f"Invalid meter event session token provided: {mask_secret(token)}"
         raise ApiError(401, message, code="invalid_session_token")
 
+    def hold_key(self, token: str | None, key: bytes | None) -> KeyHold | None:
+        """Claim a stream request's key while it executes, in the account its token opens; None
+        without a key or a known token (the request then fails authentication anyway)."""
+        session = self.sessions.get(token) if token and key is not None else None
+        if session is None or key is None:
+            return None
+        return session.keys.hold(key)
+
     def check_mode_limit(self, livemode: bool, *, stream: bool) -> None:
         """``--sandbox-limits``: the 429 when the mode's bucket for this endpoint (the stream or v1
         meter events) is empty; nothing when the limits are off or an explicit rate limit is set."""
@@ -162,6 +173,7 @@ class EmulatorState:
             expires_at=now + self.faults.session_ttl,
             livemode=account.livemode,
             ledger=account.ledger,
+            keys=account.idempotency,
         )
         self.sessions[session.token] = session
         self.stats.sessions_created += 1

@@ -20,6 +20,7 @@ class Stats:
         self.events_canceled = 0
         self.sessions_created = 0
         self.responses_compressed = 0
+        self.idempotent_replays = 0  # stream requests answered from a stored Idempotency-Key
         self.faults_injected: dict[str, int] = {
             "latency": 0,
             "error": 0,
@@ -48,5 +49,6 @@ class Stats:
             "events_pending": events_pending,
             "sessions_created": self.sessions_created,
             "responses_compressed": self.responses_compressed,
+            "idempotent_replays": self.idempotent_replays,
             "faults_injected": dict(self.faults_injected),
         }
