@@ -80,6 +80,7 @@ def _routes() -> tuple[dict[tuple[str, str], _Route], list[tuple[str, re.Pattern
         ("POST", "/v1/plans"): (h.create_plan, True),
         ("GET", "/v1/plans"): (h.list_plans, True),
         ("POST", "/v1/customers"): (h.create_customer, True),
+        ("GET", "/v1/customers"): (h.list_customers, True),
         ("GET", "/v1/account"): (h.retrieve_current_account, True),
         ("GET", "/_emulator/faults"): (h.get_faults, False),
         ("POST", "/_emulator/faults"): (h.set_faults, False),
@@ -88,6 +89,7 @@ def _routes() -> tuple[dict[tuple[str, str], _Route], list[tuple[str, re.Pattern
         ("GET", "/_emulator/clock"): (h.get_clock, False),
         ("POST", "/_emulator/clock"): (h.advance_clock, False),
         ("GET", "/_emulator/health"): (h.health, False),
+        ("POST", "/_emulator/customers"): (h.add_customer, False),
     }
     segment = r"([A-Za-z0-9_\-]+)"
     patterns = [

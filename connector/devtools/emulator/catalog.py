@@ -307,7 +307,7 @@ class Catalog:
         now: float,
         customer_id: str | None = None,
     ) -> Customer:
-        """A customer (``customer_id``: a chosen id, for tests); meter events naming it resolve from now on."""
+        """A customer (``customer_id``: a chosen id, for tests); events naming it resolve from now on."""
         customer = Customer(
             id=customer_id or new_id("cus_", 14),
             name=name,

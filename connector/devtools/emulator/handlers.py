@@ -634,14 +634,20 @@ def list_customers(request: Request) -> Result:
 
 
 def add_customer(request: Request) -> Result:
-    """``POST /_emulator/customers`` with ``{"id": "cus_…"}``: a customer with a chosen id (tests of a
-    customer created after its first usage)."""
+    """``POST /_emulator/customers`` with ``{"id": "cus_…"}`` (and ``"livemode": true`` for the live
+    account): a customer with a chosen id (tests of a customer created after its first usage)."""
     body = request.json(allow_empty=False)
     customer_id = body.get("id")
-    if not isinstance(customer_id, str) or CUSTOMER_ID.match(customer_id) is None or set(body) != {"id"}:
-        raise ApiError(400, 'expected {"id": "cus_…"}', code="parameter_invalid")
+    livemode = body.get("livemode", False)
+    if (
+        not isinstance(customer_id, str)
+        or CUSTOMER_ID.match(customer_id) is None
+        or not isinstance(livemode, bool)
+        or not set(body) <= {"id", "livemode"}
+    ):
+        raise ApiError(400, 'expected {"id": "cus_…", "livemode": false}', code="parameter_invalid")
     request.state.process_pending()  # events received before it existed are judged without it
-    customer = request.acct.catalog.create_customer(
+    customer = request.state.account(livemode).catalog.create_customer(
         name=None, email=None, description=None, metadata={}, now=request.now, customer_id=customer_id
     )
     return 200, customer.to_json()

@@ -444,3 +444,28 @@ async def test_v1_errors_carry_every_key_and_responses_carry_a_request_id(emu: E
 
 async def test_health(emu: Emu) -> None:
     assert (await emu.client.get("/_emulator/health")).json() == {"status": "ok"}
+
+
+async def test_customers_are_listed_newest_first_in_pages() -> None:
+    emulator, client = await open_emulator(require_known_customers=True)
+    async with client:
+        made = [(await emulator.ok("/v1/customers", {"name": f"n{i}"}))["id"] for i in range(5)]
+        first = (await emulator.get("/v1/customers", {"limit": 3})).json()
+        assert first["object"] == "list" and first["has_more"] is True and len(first["data"]) == 3
+        rest = (
+            await emulator.get("/v1/customers", {"limit": 3, "starting_after": first["data"][-1]["id"]})
+        ).json()
+        listed = [c["id"] for c in first["data"] + rest["data"]]
+        assert sorted(listed) == sorted(made) and rest["has_more"] is False
+
+
+async def test_a_customer_with_a_chosen_id_resolves_from_then_on() -> None:
+    emulator, client = await open_emulator(require_known_customers=True)
+    async with client:
+        assert (await emulator.get("/v1/customers/cus_Chosen1")).status_code == 404
+        added = await client.post("/_emulator/customers", json={"id": "cus_Chosen1"})
+        assert added.status_code == 200 and added.json()["id"] == "cus_Chosen1"
+        found = await emulator.get("/v1/customers/cus_Chosen1")
+        assert found.status_code == 200 and found.json()["object"] == "customer"
+        refused = await client.post("/_emulator/customers", json={"id": "bob"})
+        assert refused.status_code == 400
