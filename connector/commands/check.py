@@ -16,7 +16,13 @@ from connector.commands import prologue
 from connector.commands.check_kafka import check_kafka
 from connector.commands.check_result import Check, CheckResult, plural
 from connector.commands.check_stream import check_stream
-from connector.commands.check_stripe import check_billing, check_meters, check_stripe, shared_meter_listing
+from connector.commands.check_stripe import (
+    check_billing,
+    check_customers,
+    check_meters,
+    check_stripe,
+    shared_meter_listing,
+)
 from connector.config.secrets import Redactor
 from connector.config.settings import Settings
 from connector.config.topics import inspect_schema, topic_env_key
@@ -75,8 +81,9 @@ CHECKS: list[tuple[str, Check]] = [
     ("stream", check_stream),
     ("meters", check_meters),
     ("billing", check_billing),
+    ("customers", check_customers),
 ]
-NETWORK_CHECKS = frozenset({"kafka", "stripe", "stream", "meters", "billing"})
+NETWORK_CHECKS = frozenset({"kafka", "stripe", "stream", "meters", "billing", "customers"})
 
 
 def run_checks(

@@ -270,3 +270,36 @@ def _amount(item: Mapping[str, Any]) -> str:
     amount = item.get("unit_amount_decimal") or item.get("amount_decimal") or item.get("unit_amount")
     currency = str(item.get("currency") or "").upper()
     return f"{amount} {currency} per unit".strip() if amount is not None else currency or "no amount"
+
+
+def check_customers(settings: Settings) -> CheckResult:
+    """The key may read customers, as verifying them before sending needs (CONNECTOR_VERIFY_CUSTOMERS)."""
+    from connector.stripe.directory import StripeDirectory
+    from connector.stripe.v1 import StripeApiError
+
+    validation = settings.validation
+    if not validation.verify_customers:
+        return CheckResult(
+            "customers",
+            "skipped",
+            "CONNECTOR_VERIFY_CUSTOMERS=false: customers are not checked before sending",
+        )
+    cache = _RUN_CACHE.get()
+    if cache is not None and isinstance(cache.get("meters"), Exception):
+        return CheckResult(
+            "customers", "skipped", "not checked: Stripe could not be asked (see the stripe check)"
+        )
+    try:
+        with _stripe_client(settings) as client:
+            problem = StripeDirectory(client).customers_problem()
+    except StripeApiError as exc:
+        return CheckResult("customers", "failed", redactor(settings)(f"could not list customers: {exc}"))
+    if problem is not None:
+        return CheckResult("customers", "failed", redactor(settings)(problem))
+    return CheckResult(
+        "customers",
+        "ok",
+        "the key may read customers: events of a customer Stripe does not know wait up to "
+        f"{validation.unknown_customer_wait_s:g} s (CONNECTOR_UNKNOWN_CUSTOMER_WAIT_S), then go to the "
+        "dead-letter topic as customer_not_found",
+    )

@@ -138,9 +138,10 @@ def test_a_healthy_setup_passes_and_states_test_mode(setup: Callable[..., dict[s
     assert "Traceback" not in out + result.stderr and API_KEY not in out
     assert f"key sk_test_{MASK} accepted" in out and "test mode" in out
     lines = out.splitlines()
-    for name in ("configuration", "schemas", "kafka", "stripe", "stream", "meters", "billing"):
+    for name in ("configuration", "schemas", "kafka", "stripe", "stream", "meters", "billing", "customers"):
         assert any(line.startswith(f"  ok      {name}") for line in lines), (name, out)
-    assert out.rstrip().endswith("All 7 checks passed.")
+    assert out.rstrip().endswith("All 8 checks passed.")
+    assert "may read customers" in out and "wait up to 600 s" in out
     stream = next(line for line in lines if line.startswith("  ok      stream"))
     host = env["STRIPE_METER_EVENTS_BASE"].split("://")[1]
     assert "(test mode)" in stream and "tokens live 900 s" in stream
