@@ -14,6 +14,7 @@ from connector.devtools.emulator import EmulatorProcess
 from connector.errors import FatalError
 from connector.records import MeterEvent
 from connector.stripe.http import AiohttpClient, HttpClient, HttpxClient, Timeouts
+from connector.stripe.request_keys import Origin
 from connector.stripe.sender import MeterEventSender, RetryPolicy
 
 pytestmark = pytest.mark.anyio
@@ -99,19 +100,30 @@ async def test_batches_delivered_over_the_wire(url: str, stack: str) -> None:
     assert counters["sessions_created"] == 1
 
 
-async def test_faults_on_the_wire_end_in_exactly_once(url: str) -> None:
+@pytest.mark.parametrize("keyed", [False, True], ids=["identifiers", "idempotency-keys"])
+async def test_faults_on_the_wire_end_in_exactly_once(url: str, keyed: bool) -> None:
     faults(url, error_rate=0.2, rate_limited_rate=0.2, retry_after=1, drop_rate=0.2)
     http = AiohttpClient()
     fake = FakeTime()
+
+    def origins(n: int) -> list[Origin] | None:
+        return [Origin("WireWireWireWireWire01", n % 4, 20 * n + i) for i in range(20)] if keyed else None
+
     async with sender_for(url, http, fake, max_in_flight=8) as sender:
-        results = await asyncio.gather(*(sender.send(events(f"w{n}", 20)) for n in range(40)))
+        results = await asyncio.gather(*(sender.send(events(f"w{n}", 20), origins(n)) for n in range(40)))
     await http.aclose()
     assert all(r.status == "delivered" for r in results)
     counters = stats(url)
     injected = counters["faults_injected"]
     assert injected["error"] and injected["rate_limited"] and injected["dropped"]
     assert counters["events_accepted"] == 800
-    assert counters["duplicates_ignored"] == 20 * counters["stream_requests_dropped"]
+    if keyed:
+        # A request whose answer was lost is resent with its key and body: Stripe replays its answer.
+        assert counters["duplicates_ignored"] == 0
+        assert counters["idempotent_replays"] == counters["stream_requests_dropped"]
+    else:
+        # Without keys the resent events are deduplicated by their identifiers.
+        assert counters["duplicates_ignored"] == 20 * counters["stream_requests_dropped"]
     # Every 429 carried Retry-After: 1, so no wait after a 429 was shorter than a second.
     assert sender.stats().rate_limited > 0
     assert sum(1 for wait in fake.sleeps if wait >= 1) >= sender.stats().rate_limited
