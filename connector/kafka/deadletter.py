@@ -2,8 +2,9 @@
 
 Headers follow Kafka Connect's ``__connect.errors.*`` names where one exists, so existing DLQ
 tooling reads them, plus ``kafka_stripe.*`` headers for what Connect has no name for (the stable error
-code, Stripe's own code, the original record timestamp, the connector version). The original record's
-headers are kept in front of ours. ``DeadLetterHeaders.read`` is the reading side: what ``dlq replay``
+code, Stripe's own code, the original record timestamp, the connector version, and for a record Stripe
+dropped after accepting it, the id of the error report that said so). The original record's headers are
+kept in front of ours. ``DeadLetterHeaders.read`` is the reading side: what ``dlq replay``
 and the demo learn from a dead letter.
 """
 
@@ -33,6 +34,9 @@ HEADER_ORIGINAL_TIMESTAMP = "kafka_stripe.original.timestamp"
 # topic was re-created still derives the identifier the first attempt had.
 HEADER_ORIGINAL_NAMESPACE = "kafka_stripe.original.namespace"
 HEADER_VERSION = "kafka_stripe.version"
+# The Stripe error report (a v2 event id) that named the record: with the original coordinates it says
+# whether a report's dead letter was written already (connector.reports.intent).
+HEADER_REPORT = "kafka_stripe.error.report"
 # Every header of ours starts with one of these; the others are the original record's.
 OUR_HEADER_PREFIXES = ("__connect.errors.", "kafka_stripe.")
 
@@ -41,7 +45,7 @@ DeliveryCallback = Callable[[Exception | None], None]
 
 
 def dead_letter_headers(
-    record: KafkaRecord, error: RecordRejected, namespace: str | None = None
+    record: KafkaRecord, error: RecordRejected, namespace: str | None = None, report: str | None = None
 ) -> list[tuple[str, bytes]]:
     """Headers for a dead-lettered record: where it came from and why it was refused."""
     ours = [
@@ -58,6 +62,8 @@ def dead_letter_headers(
     ]
     if namespace:
         ours.append((HEADER_ORIGINAL_NAMESPACE, namespace))
+    if report:
+        ours.append((HEADER_REPORT, report))
     original = [(k, v if v is not None else b"") for k, v in record.headers]
     return original + [(k, v.encode("utf-8", "replace")) for k, v in ours]
 
@@ -76,6 +82,7 @@ class DeadLetterHeaders:
     original_headers: tuple[tuple[str, bytes | None], ...]
     problem: str = ""
     namespace: str | None = None  # the identifier namespace of the original's topic, when written
+    report: str | None = None  # the Stripe error report that named the record, for asynchronous errors
 
     @classmethod
     def read(cls, headers: Headers) -> DeadLetterHeaders:
@@ -98,7 +105,10 @@ class DeadLetterHeaders:
             problem = f"garbled {HEADER_PARTITION}/{HEADER_OFFSET} headers: no original offset"
         code, reason = ours.get(HEADER_CODE, ""), ours.get(HEADER_REASON, "")
         namespace = ours.get(HEADER_ORIGINAL_NAMESPACE) or None
-        return cls(topic, partition, offset, code, reason, timestamp, tuple(original), problem, namespace)
+        report = ours.get(HEADER_REPORT) or None
+        return cls(
+            topic, partition, offset, code, reason, timestamp, tuple(original), problem, namespace, report
+        )
 
     def original(
         self, key: bytes | None, value: bytes | None, timestamp_ms: int | None
@@ -139,10 +149,12 @@ class DeadLetterQueue:
         topic: str,
         on_delivery: DeliveryCallback,
         namespace: str | None = None,
+        report: str | None = None,
     ) -> None:
-        """Produce ``record`` to ``topic``; ``on_delivery(None)`` once the broker acknowledged it."""
+        """Produce ``record`` to ``topic``; ``on_delivery(None)`` once the broker acknowledged it.
+        ``report``: the Stripe error report that named the record (its own header)."""
 
-        def report(err: Any, _msg: Any) -> None:
+        def acknowledged(err: Any, _msg: Any) -> None:
             on_delivery(
                 None if err is None else RuntimeError(f"dead-letter produce to {topic} failed: {err}")
             )
@@ -152,9 +164,9 @@ class DeadLetterQueue:
                 topic,
                 value=record.value,
                 key=record.key,
-                headers=dead_letter_headers(record, error, namespace),
+                headers=dead_letter_headers(record, error, namespace, report),
                 timestamp=record.timestamp_ms or 0,
-                on_delivery=report,
+                on_delivery=acknowledged,
             )
 
         try:

@@ -21,9 +21,11 @@ from connector.pipeline.identity import Identity
 from connector.pipeline.loop import Pipeline
 from connector.pipeline.sender_thread import BatchSender, OnBackoff
 from connector.pipeline.stripe_watch import watch_for
+from connector.reports.worker import ErrorReportWorker
 from connector.runtime.logging import configure_logging
 from connector.runtime.metrics import Telemetry
 from connector.stripe.sender import MeterEventSender
+from connector.stripe.v1 import StripeClient
 
 log = logging.getLogger("kafka_stripe.pipeline")
 
@@ -77,11 +79,35 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
     install_signal_handlers(pipeline.request_stop)
     tune_interpreter()
     telemetry.start()
+    reports = error_reports_for(settings, telemetry, pipeline.request_meter_refresh)
+    if reports is not None:
+        reports.start()
     try:
         fatal = pipeline.run()
     finally:
+        if reports is not None:
+            reports.stop()
         telemetry.stop()
     return 0 if fatal is None else EXIT_FATAL
+
+
+def error_reports_for(
+    settings: Settings, telemetry: Telemetry, on_meter_error: Callable[[], None]
+) -> ErrorReportWorker | None:
+    """The thread reading Stripe's asynchronous error reports, or None when
+    ``CONNECTOR_ERROR_REPORTS_POLL_S`` is 0 (one per process; the members elect the one that polls)."""
+    if not settings.validation.error_reports_poll_s:
+        return None
+    return ErrorReportWorker(
+        settings,
+        telemetry,
+        on_meter_error=on_meter_error,
+        stripe_factory=lambda: StripeClient.from_settings(settings.stripe, settings.sender),
+        consumer_factory=Consumer,
+        producer_factory=Producer,
+        admin_factory=AdminClient,
+        schema_lookup=schema_lookup_for(settings),
+    )
 
 
 def install_signal_handlers(request_stop: Callable[[], None]) -> None:

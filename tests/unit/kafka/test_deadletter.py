@@ -10,6 +10,7 @@ from connector.kafka.deadletter import (
     HEADER_OFFSET,
     HEADER_ORIGINAL_TIMESTAMP,
     HEADER_PARTITION,
+    HEADER_REPORT,
     HEADER_TOPIC,
     OUR_HEADER_PREFIXES,
     DeadLetterHeaders,
@@ -49,6 +50,22 @@ def test_the_reading_side_reads_what_the_writing_side_wrote() -> None:
     assert read.original_timestamp_ms == 1_700_000_000_123
     assert read.original_headers == (("trace", b"abc"), ("empty", b""))
     assert read.original(b"k", b"v", 7) == record._replace(headers=(("trace", b"abc"), ("empty", b"")))
+
+
+def test_a_record_stripe_reported_carries_the_report_id_beside_the_connect_headers() -> None:
+    record = KafkaRecord("usage", 2, 7, b"k", b"v", 1_700_000_000_123, [("trace", b"abc")])
+    error = StripeRejected(
+        "No customer found with id 'cus_gone_1'.", code="stripe_async:meter_event_customer_not_found"
+    )
+    headers = dead_letter_headers(record, error, "TopicIdOfUsage00000001", "evt_test_1")
+    as_dict = dict(headers)
+    assert as_dict[HEADER_REPORT] == b"evt_test_1"
+    assert as_dict["__connect.errors.topic"] == b"usage" and as_dict["__connect.errors.offset"] == b"7"
+    read = DeadLetterHeaders.read(headers)
+    assert (read.report, read.topic, read.partition, read.offset) == ("evt_test_1", "usage", 2, 7)
+    assert read.code == "stripe_async:meter_event_customer_not_found"
+    assert read.original_headers == (("trace", b"abc"),)
+    assert DeadLetterHeaders.read(dead_letter_headers(record, error)).report is None
 
 
 def test_headers_of_ours_are_recognised_by_name() -> None:
