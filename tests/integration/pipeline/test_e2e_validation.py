@@ -237,3 +237,77 @@ def test_with_on_missing_meter_dlq_records_of_a_meterless_topic_are_dead_lettere
     letters = read_topic(kafka_bootstrap, f"{topic}.dlq", 1, expected=40, timeout=30)
     assert Counter(letter.header(HEADER_CODE) for letter in letters) == {"no_active_meter": 40}
     assert emulator_stats(url)["events_received"] == 0
+
+
+def test_sigkills_while_customers_wait_and_a_topic_is_paused_keep_stripe_exact(
+    kafka_bootstrap: str,
+    emulator: Callable[..., str],
+    make_topic: Callable[..., str],
+    group_id: str,
+    tmp_path: Path,
+) -> None:
+    url = emulator(require_known_customers=True)
+    meters = {"api_requests": create_meter(url, "api_requests"), "tokens": create_meter(url, "tokens")}
+    with stripe(url) as client:
+        client.post(f"/v1/billing/meters/{meters['tokens']}/deactivate").raise_for_status()
+    known = create_customers(url, 12)
+    ghosts = [f"cus_phantom{n:03d}" for n in range(12)]
+    topics = {"api_requests": make_topic(partitions=3), "tokens": make_topic(partitions=2)}
+    for topic in topics.values():
+        make_topic(partitions=1, name=f"{topic}.dlq")
+    rng = random.Random(9)
+    now_ms = int(time.time() * 1000)
+    expected: dict[str, Counter[str]] = {name: Counter() for name in topics}
+    ghost_records: set[tuple[str, int]] = set()
+    ends: Ends = {}
+    for name, topic in topics.items():
+        pairs = []
+        for n in range(2000):
+            customer = rng.choice(ghosts) if n % 40 == 3 else rng.choice(known)
+            value = rng.randint(1, 50)
+            pairs.append((f"{customer}:{n}".encode(), encode(usage(customer, value, ts_ms=now_ms - n))))
+            if customer in ghosts:
+                ghost_records.add((topic, n))
+            else:
+                expected[name][customer] += value
+        ends.update(produce(kafka_bootstrap, topic, pairs, 3 if name == "api_requests" else 2))
+    env = connector_env(
+        kafka_bootstrap,
+        url,
+        list(topics.values()),
+        group_id,
+        CONNECTOR_UNKNOWN_CUSTOMER_WAIT_S="3",
+        CONNECTOR_CUSTOMER_LOOKUPS_RPS="200",
+        CONNECTOR_METER_REFRESH_S="1",
+        CONNECTOR_MAX_IN_FLIGHT="4",
+        **{f"TOPIC_{topics['tokens'].upper().replace('-', '_').replace('.', '_')}_EVENT_NAME": "tokens"},
+    )
+    kills = 0
+    for round_ in range(5):
+        with ConnectorProcess(env, tmp_path) as connector:
+            time.sleep(rng.uniform(1.5, 4.0))
+            if round_ == 2:
+                with stripe(url) as client:
+                    client.post(f"/v1/billing/meters/{meters['tokens']}/reactivate").raise_for_status()
+            connector.kill()  # SIGKILL
+            kills += 1
+    with ConnectorProcess(env, tmp_path) as connector:
+        wait_until(lambda: committed(kafka_bootstrap, group_id, ends) == ends, 120, message="final commits")
+        assert connector.stop() == 0, connector.log()
+    assert kills == 5
+    for name, customers in expected.items():
+        for customer, total in customers.items():
+            got = meter_total(url, meters[name], customer, now_ms // 1000 - 60, now_ms // 1000 + 60)
+            assert got == total, (name, customer, got, total)
+    stats = emulator_stats(url)
+    assert stats["events_invalid"] == 0, stats  # no unknown customer's event, nothing for an inactive meter
+    # Dead letters: every ghost record, at least once (a kill between the write and the commit repeats
+    # one), and nothing else.
+    seen: set[tuple[str, int]] = set()
+    for topic in topics.values():
+        letters = read_topic(kafka_bootstrap, f"{topic}.dlq", 1, expected=1, timeout=10)
+        assert {letter.header(HEADER_CODE) for letter in letters} <= {"customer_not_found"}
+        for letter in letters:
+            assert letter.key is not None
+            seen.add((topic, int(letter.key.decode().rsplit(":", 1)[1])))
+    assert seen == ghost_records
