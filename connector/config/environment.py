@@ -342,6 +342,7 @@ def _read_validation(reader: Reader) -> ValidationSettings:
         unknown_customer_wait_s=reader.number("CONNECTOR_UNKNOWN_CUSTOMER_WAIT_S", 600.0),
         customer_lookups_rps=reader.number("CONNECTOR_CUSTOMER_LOOKUPS_RPS", 20.0, minimum=0.1),
         customer_cache_size=reader.integer("CONNECTOR_CUSTOMER_CACHE_SIZE", 1_000_000, minimum=1),
+        max_waiting_records=reader.integer("CONNECTOR_MAX_WAITING_RECORDS", 10_000, minimum=1),
         customer_preload=reader.integer("CONNECTOR_CUSTOMER_PRELOAD", 10_000, minimum=0),
         error_reports_poll_s=reader.integer("CONNECTOR_ERROR_REPORTS_POLL_S", 30, minimum=0),
     )

@@ -231,6 +231,9 @@ class ValidationSettings:
     unknown_customer_wait_s: float = 600.0
     customer_lookups_rps: float = 20.0
     customer_cache_size: int = 1_000_000
+    # Records held for a customer lookup at most; beyond, events go out unchecked (Stripe still validates
+    # them and its error reports are read back) rather than stall other customers' deliveries.
+    max_waiting_records: int = 10_000
     # Customers listed at start (100 per request) to fill the cache before the first lookups; 0: none.
     customer_preload: int = 10_000
     # Stripe's asynchronous error reports (GET /v2/core/events): polled this often; 0 turns it off.

@@ -42,8 +42,11 @@ class Admission:
         self.verify = watch is not None and validation.verify_customers
         self.pause_on_missing = validation.on_missing_meter == "pause"
         self.gate: CustomerGate[Item] = CustomerGate(
-            validation.unknown_customer_wait_s, validation.customer_cache_size
+            validation.unknown_customer_wait_s,
+            validation.customer_cache_size,
+            max_waiting=validation.max_waiting_records,
         )
+        self._overflow_logged = 0
         self.problems: dict[str, str | None] = {t.name: None for t in settings.topics}
         self.read = False  # the meters were read at least once
 
@@ -115,6 +118,14 @@ class Admission:
         wanted = gate.lookups()
         if wanted:
             watch.look_up(wanted)
+        if gate.overflowed >= 2 * self._overflow_logged + 1:  # 1, 3, 7, ...: news, never a flood
+            log.warning(
+                "%d events sent without their customer checked: %d wait already "
+                "(CONNECTOR_MAX_WAITING_RECORDS); Stripe still validates them",
+                gate.overflowed,
+                gate.waiting,
+            )
+            self._overflow_logged = gate.overflowed
         return decisions
 
     def _apply_meters(self, meters: Sequence[Meter]) -> tuple[list[str], list[str]]:

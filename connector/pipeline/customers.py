@@ -11,7 +11,9 @@ bounds what waits (the pipeline's buffer limit bounds it too, as waiting records
 
 A lookup that fails (Stripe unreachable, an error answer after the client's retries) lets the events
 through unchecked for ``recheck_s``: prevention must never lose usage, and Stripe's own validation and the
-error-report reader still see them. Nothing here knows about threads, HTTP or the wall clock.
+error-report reader still see them. So does an event arriving while ``max_waiting`` events wait already
+(a cold start with many customers not yet looked up): memory stays bounded and other customers' events
+keep flowing. Nothing here knows about threads, HTTP or the wall clock.
 """
 
 from __future__ import annotations
@@ -46,8 +48,12 @@ class _Waiting(Generic[T]):
 class CustomerGate(Generic[T]):
     """The consumer thread's view of which customers Stripe knows; see the module docstring."""
 
-    def __init__(self, wait_s: float, cache_size: int, recheck_s: float | None = None) -> None:
+    def __init__(
+        self, wait_s: float, cache_size: int, recheck_s: float | None = None, max_waiting: int = 10_000
+    ) -> None:
         self.wait_s = wait_s
+        self.max_waiting = max_waiting
+        self.overflowed = 0  # events sent unchecked because the waiting room was full
         self.recheck_s = recheck_s if recheck_s is not None else min(MAX_RECHECK_S, max(wait_s / 10, 0.5))
         self.cache_size = cache_size
         self.known: dict[str, None] = {}  # insertion-ordered: the oldest is evicted first
@@ -74,6 +80,9 @@ class CustomerGate(Generic[T]):
                 return Verdict.REJECT
             wait = min(wait, 2 * self.recheck_s)  # unknown for long already: wait for one fresh lookup
         self._want(customer, missing, now)
+        if self.waiting >= self.max_waiting:
+            self.overflowed += 1
+            return Verdict.SEND
         waiting = self._waiting.get(customer)
         if waiting is None:
             waiting = self._waiting[customer] = _Waiting()

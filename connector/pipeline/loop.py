@@ -204,7 +204,8 @@ class Pipeline:
                 self._submit(batch)
             self._drain()
             self._apply_admission(now)
-            flow.update(self._tracker.pending)
+            # Records waiting for a customer lookup have a bound of their own: they must not stop reading.
+            flow.update(self._tracker.pending - self.admission.gate.waiting)
             if now >= next_commit:
                 self._commit(asynchronous=True)
                 next_commit = now + interval

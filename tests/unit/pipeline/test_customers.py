@@ -90,3 +90,12 @@ def test_held_events_of_revoked_partitions_are_dropped_and_the_cache_is_bounded(
         g.answered(customer, True, now=1)
     assert list(g.known) == ["cus_2", "cus_3"]
     assert g.next_deadline() == 10.0
+
+
+def test_a_full_waiting_room_sends_events_unchecked_instead_of_holding_up_others() -> None:
+    g: CustomerGate[str] = CustomerGate(10.0, 100, recheck_s=1.0, max_waiting=2)
+    assert g.admit("cus_1", "a", now=0) is Verdict.HOLD
+    assert g.admit("cus_2", "b", now=0) is Verdict.HOLD
+    assert g.admit("cus_3", "c", now=0) is Verdict.SEND
+    assert g.overflowed == 1 and g.waiting == 2
+    assert g.lookups() == ["cus_1", "cus_2", "cus_3"]  # still looked up, for the next events
