@@ -130,11 +130,19 @@ QUICK_LATENCIES = ["0"]
 # ----------------------------------------------------------------------------------------- records
 
 
-def records_now(count: int, seed: int = 42) -> Iterator[dict[str, Any]]:
-    """Realistic records from the one sample generator (2,000 customers, a third with identifiers, every
-    value type, zero to three attributes), in rough time order over the hour before now (Stripe's window)."""
+CUSTOMERS = 2_000  # distinct customers of the records; each exists at the emulated Stripe
+
+
+def customer_ids(count: int = CUSTOMERS, seed: int = 42) -> list[str]:
+    return random_customer_ids(count, random.Random(seed))
+
+
+def records_now(count: int, seed: int = 42, customers: int = CUSTOMERS) -> Iterator[dict[str, Any]]:
+    """Realistic records from the one sample generator (``customers`` customers, a third with identifiers,
+    every value type, zero to three attributes), in rough time order over the hour before now (Stripe's
+    window)."""
     samples = SampleRecords(
-        random_customer_ids(2_000, random.Random(seed)),
+        customer_ids(customers, seed),
         seed=seed,
         identifier_share=0.33,
         attribute_share=0.8,
@@ -347,9 +355,17 @@ class Row:
         return max(self.rss_mb.values(), default=0.0)
 
 
+# The customers the records name (customer_ids()), created after every reset: the connector checks them
+# before sending (CONNECTOR_VERIFY_CUSTOMERS) and lists them into its cache at start, as at a real Stripe.
+BENCH_CUSTOMERS: list[str] = []
+
+
 def reset_emulator(url: str) -> None:
     httpx.post(f"{url}/_emulator/reset", timeout=60).raise_for_status()
     create_meter(url, EVENT_NAME)
+    if BENCH_CUSTOMERS:
+        created = httpx.post(f"{url}/_emulator/customers", json={"ids": BENCH_CUSTOMERS}, timeout=60)
+        created.raise_for_status()
 
 
 def emulator_counts(url: str) -> tuple[int, int]:
@@ -1107,6 +1123,7 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "_emulator":
         return serve_emulator(argv[1:])
     args = parse_args(argv)
+    BENCH_CUSTOMERS[:] = customer_ids()
     docs_cap = min(args.docs_records, args.records)
     print(
         f"e2e benchmark: {args.records:,} records, {PARTITIONS} partitions, "

@@ -634,23 +634,30 @@ def list_customers(request: Request) -> Result:
 
 
 def add_customer(request: Request) -> Result:
-    """``POST /_emulator/customers`` with ``{"id": "cus_…"}`` (and ``"livemode": true`` for the live
-    account): a customer with a chosen id (tests of a customer created after its first usage)."""
+    """``POST /_emulator/customers`` with ``{"id": "cus_…"}`` or ``{"ids": [...]}`` (and ``"livemode":
+    true`` for the live account): customers with chosen ids (tests of a customer created after its first
+    usage; benchmarks whose customers must exist)."""
     body = request.json(allow_empty=False)
-    customer_id = body.get("id")
+    ids = body.get("ids", [body.get("id")]) if "ids" in body or "id" in body else None
     livemode = body.get("livemode", False)
     if (
-        not isinstance(customer_id, str)
-        or CUSTOMER_ID.match(customer_id) is None
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(i, str) and CUSTOMER_ID.match(i) is not None for i in ids)
         or not isinstance(livemode, bool)
-        or not set(body) <= {"id", "livemode"}
+        or len(set(body) & {"id", "ids"}) != 1
+        or not set(body) <= {"id", "ids", "livemode"}
     ):
-        raise ApiError(400, 'expected {"id": "cus_…", "livemode": false}', code="parameter_invalid")
-    request.state.process_pending()  # events received before it existed are judged without it
-    customer = request.state.account(livemode).catalog.create_customer(
-        name=None, email=None, description=None, metadata={}, now=request.now, customer_id=customer_id
-    )
-    return 200, customer.to_json()
+        raise ApiError(400, 'expected {"id": "cus_…"} or {"ids": [...]}', code="parameter_invalid")
+    request.state.process_pending()  # events received before they existed are judged without them
+    catalog = request.state.account(livemode).catalog
+    made = [
+        catalog.create_customer(
+            name=None, email=None, description=None, metadata={}, now=request.now, customer_id=customer_id
+        )
+        for customer_id in ids
+    ]
+    return 200, made[0].to_json() if "id" in body else {"created": len(made)}
 
 
 # -- v1: the account of the key --------------------------------------------------------------------

@@ -469,3 +469,13 @@ async def test_a_customer_with_a_chosen_id_resolves_from_then_on() -> None:
         assert found.status_code == 200 and found.json()["object"] == "customer"
         refused = await client.post("/_emulator/customers", json={"id": "bob"})
         assert refused.status_code == 400
+
+
+async def test_many_customers_with_chosen_ids_at_once() -> None:
+    emulator, client = await open_emulator(require_known_customers=True)
+    async with client:
+        added = await client.post("/_emulator/customers", json={"ids": ["cus_Many1", "cus_Many2"]})
+        assert added.status_code == 200 and added.json() == {"created": 2}
+        assert (await emulator.get("/v1/customers/cus_Many2")).status_code == 200
+        both = await client.post("/_emulator/customers", json={"id": "cus_X1", "ids": ["cus_X2"]})
+        assert both.status_code == 400
