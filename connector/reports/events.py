@@ -28,7 +28,7 @@ PERMISSION = "read access to Events (the v2 core events API, GET /v2/core/events
 
 
 class EventsClient:
-    """Lists and retrieves error report events with one ``StripeClient`` (which it does not close)."""
+    """Lists and retrieves error report events with one ``StripeClient`` (closed by ``close()``)."""
 
     def __init__(self, client: StripeClient, types: Iterable[str] = REPORT_TYPES) -> None:
         self._client = client
@@ -56,6 +56,9 @@ class EventsClient:
                     found[ref.id] = ref
             path = _next_page(page.get("next_page_url"))
         return sorted(found.values(), key=lambda ref: (ref.created, ref.id))
+
+    def close(self) -> None:
+        self._client.close()
 
     def retrieve(self, event_id: str) -> ErrorReport:
         """The report event ``event_id`` with its data (``ReportFormatError`` if it is not one)."""

@@ -128,11 +128,15 @@ class ReportWriter:
             why = failures[0] if failures else f"{left} not acknowledged within {self._timeout_s:g} s"
             raise DeadLetterError(f"dead letters of error report {report} not written: {why}")
 
-    def close(self, cursor: Cursor, ref: EventRef) -> Cursor:
+    def finish(self, cursor: Cursor, ref: EventRef) -> Cursor:
         """Step 3: the report done, the intent closed."""
         done = cursor.done(ref)
         self.store.save(done)
         return done
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait for anything still queued (the writes of a report are awaited already)."""
+        self._dlq.flush(timeout)
 
     def _ends(self, topics: Sequence[str]) -> DlqOffsets:
         """Every partition of ``topics`` with its high watermark (a lower bound of the log end)."""

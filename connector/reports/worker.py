@@ -98,17 +98,27 @@ class ErrorReportWorker:
                 self._attempt(self._open)
                 if self._parts is None:
                     self._stop.wait(max(self.settings.validation.error_reports_poll_s, 1))
-            next_poll = self._clock()
-            while self._parts is not None and not self._stop.is_set():
-                if not self._parts.election.poll(TICK_S):
-                    self._cursor = None  # another member may move it: read it again when elected
-                    continue
-                if self._clock() >= next_poll:
-                    next_poll = self._clock() + self.settings.validation.error_reports_poll_s
-                    self._attempt(self._cycle)
+            if self._parts is not None:
+                self._serve(self._parts)
         finally:
             if self._parts is not None:
                 self._parts.close()
+
+    def _serve(self, parts: _Parts) -> None:
+        """Serve the election group every tick; poll Stripe every interval while elected."""
+        next_poll = self._clock()
+        while not self._stop.is_set():
+            try:
+                leader = parts.election.poll(TICK_S)
+            except Exception as exc:  # a Kafka error of the election consumer: membership is unknown
+                self._problem(f"error reports: the election group failed: {exc}")
+                leader = False
+                self._stop.wait(TICK_S)
+            if not leader:
+                self._cursor = None  # another member may move it: read it again when elected
+            elif self._clock() >= next_poll:
+                next_poll = self._clock() + self.settings.validation.error_reports_poll_s
+                self._attempt(self._cycle)
 
     def _attempt(self, step: Callable[[], None]) -> None:
         """Run ``step``; any error is logged (once while it repeats) and left for the next poll."""
@@ -182,7 +192,10 @@ class ErrorReportWorker:
             cursor = Cursor.starting(self._wall_clock())
             parts.writer.store.save(cursor)
             log.info(
-                "error reports: no cursor yet for %s; reading reports from the last few minutes on", self.key
+                "error reports: no cursor yet for %s and group %s; reading reports created from %.0f s ago on",
+                self.key.namespace,
+                self.key.group,
+                self._wall_clock() - cursor.floor,
             )
         self._cursor = cursor
         return cursor
@@ -223,7 +236,7 @@ class ErrorReportWorker:
             parts.writer.write(
                 [x for x in letters if x.candidate.record.coordinates not in written], report.id
             )
-        cursor = self._cursor = parts.writer.close(cursor, ref)
+        cursor = self._cursor = parts.writer.finish(cursor, ref)
         self._count(report, placements)
         return cursor
 
@@ -278,4 +291,9 @@ class _Parts:
         self.source = source
 
     def close(self) -> None:
-        self.election.close()
+        """Leave the election group (another member takes over at once) and let go of the clients."""
+        for close in (self.election.close, self.events.close, self.writer.close):
+            try:
+                close()
+            except Exception as exc:  # closing at shutdown: say so, go on with the others
+                log.warning("error reports: closing: %s", exc)
