@@ -27,7 +27,7 @@ from connector.mapping.mapper import Mapper
 from connector.reports.cursor import Cursor, CursorKey, CursorStore
 from connector.reports.election import Election, election_config
 from connector.reports.events import PERMISSION, EventsClient
-from connector.reports.intent import Letter, ReportWriter
+from connector.reports.intent import CODE_PREFIX, Letter, ReportWriter
 from connector.reports.locate import Placement, RecordSource, place, ranges_needed
 from connector.reports.report import ErrorReport, EventRef
 from connector.runtime.metrics import Telemetry
@@ -192,7 +192,7 @@ class ErrorReportWorker:
             cursor = Cursor.starting(self._wall_clock())
             parts.writer.store.save(cursor)
             log.info(
-                "error reports: no cursor yet for %s and group %s; reading reports created from %.0f s ago on",
+                "error reports: no cursor yet for %s and group %s; reading reports from %.0f s ago on",
                 self.key.namespace,
                 self.key.group,
                 self._wall_clock() - cursor.floor,
@@ -257,10 +257,14 @@ class ErrorReportWorker:
             self.on_meter_error()
 
     def _count(self, report: ErrorReport, placements: Sequence[Placement]) -> None:
-        """The metrics of a closed report, and one line per reason samples were not mapped."""
+        """The metrics of a closed report (its dead letters too, as ``dead_lettered{code="stripe_async:…"}``),
+        and one line per reason samples were not mapped."""
         for kind in report.error_types:
             self.telemetry.async_errors(kind.code, kind.error_count)
-        mapped = sum(1 for p in placements if p.candidate is not None)
+        codes = Counter(f"{CODE_PREFIX}{p.sample.code}" for p in placements if p.candidate is not None)
+        for code, count in codes.items():
+            self.telemetry.dead_lettered(code, count)
+        mapped = sum(codes.values())
         if mapped:
             self.telemetry.async_samples("dead_lettered", mapped)
         reasons = Counter(p.reason for p in placements if p.candidate is None)

@@ -252,6 +252,11 @@ def test_a_poller_dying_at_each_write_of_a_report_is_finished_once_by_the_next(
     assert errors_counted(first_metrics, totals) == Counter({c: 0 for c in totals})
     assert errors_counted(metrics, totals) == totals
     assert counter(metrics, "kafka_stripe_stripe_async_samples_total", outcome="dead_lettered") == samples
+    dead = {c: counter(metrics, "kafka_stripe_dead_lettered_total", code=f"stripe_async:{c}") for c in totals}
+    assert dead == {
+        "meter_event_invalid_value": len(FRACTIONS),
+        "meter_event_customer_not_found": len(GHOSTS),
+    }
 
 
 def _token(value: bytes | None) -> str:
