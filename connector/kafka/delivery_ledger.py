@@ -5,6 +5,9 @@ Record key: the JSON array ``[namespace, event_name, topic_id, partition]``; val
 ``{"mark": offset, "topic": name, "written_at": unix ms, "rewind": bool}``. Reading takes, per key, the
 highest mark written after the last rewind: several writers of one key (a blue/green switch-over with the
 same event name) can never move it back by racing, and only ``kafka-stripe ledger rewind`` lowers it.
+
+The topic holds other records too: the error-report cursors (``connector.reports.cursor``), keyed by a
+three-element array, which ``LedgerKey.decode`` does not take for a mark, so every reader here skips them.
 """
 
 from __future__ import annotations
