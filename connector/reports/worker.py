@@ -36,7 +36,7 @@ from connector.stripe.v1 import StripeClient, StripeNotFound, StripePermissionEr
 log = logging.getLogger("kafka_stripe.reports")
 
 TICK_S = 0.5  # how often the thread serves the election group and looks at the stop flag
-STOP_TIMEOUT_S = 15.0  # how long stop() waits for the report in hand
+STOP_TIMEOUT_S = 5.0  # how long stop() waits for the report in hand, after the pipeline has stopped
 LOGGED_REPORTS = 1_000  # report ids remembered so that a report retried in this process is logged once
 
 
@@ -84,8 +84,13 @@ class ErrorReportWorker:
         self._thread = threading.Thread(target=self._run, name="error-reports", daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Stop after the report in hand (thread-safe; from a signal handler too)."""
+        self._stop.set()
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Ask the thread to stop and wait for it (a report in hand is finished, or left to its intent)."""
+        """Ask the thread to stop and wait for it; a report still in hand after ``timeout`` is left to its
+        intent (the thread is a daemon: it never holds the process up)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -76,10 +76,16 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
         watch=watch_for(settings, telemetry.customer_lookup, telemetry.meter_refresh),
     )
     telemetry.snapshot = pipeline.telemetry_snapshot
-    install_signal_handlers(pipeline.request_stop)
+    reports = error_reports_for(settings, telemetry, pipeline.request_meter_refresh)
+
+    def request_stop() -> None:
+        pipeline.request_stop()
+        if reports is not None:
+            reports.request_stop()  # stops after the report in hand, while the pipeline drains
+
+    install_signal_handlers(request_stop)
     tune_interpreter()
     telemetry.start()
-    reports = error_reports_for(settings, telemetry, pipeline.request_meter_refresh)
     if reports is not None:
         reports.start()
     try:
