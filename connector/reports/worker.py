@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from connector.config.settings import Settings
+from connector.errors import ConfigurationError
 from connector.kafka.clients import reader_config
 from connector.kafka.deadletter import DeadLetterQueue
 from connector.kafka.delivery_ledger import ensure_ledger_topic
@@ -29,7 +30,7 @@ from connector.reports.election import Election, election_config
 from connector.reports.events import PERMISSION, EventsClient
 from connector.reports.intent import CODE_PREFIX, Letter, ReportWriter
 from connector.reports.locate import Placement, RecordSource, place, ranges_needed
-from connector.reports.report import ErrorReport, EventRef
+from connector.reports.report import ErrorReport, EventRef, ReportFormatError
 from connector.runtime.metrics import Telemetry
 from connector.stripe.v1 import StripeClient, StripeNotFound, StripePermissionError
 
@@ -59,7 +60,7 @@ class ErrorReportWorker:
     ) -> None:
         namespace = settings.pipeline.ledger_namespace
         if not namespace:
-            raise ValueError("error reports need the ledger namespace (CONNECTOR_LEDGER_NAMESPACE)")
+            raise ConfigurationError(["error reports need the ledger namespace (CONNECTOR_LEDGER_NAMESPACE)"])
         self.settings = settings
         self.telemetry = telemetry
         self.on_meter_error = on_meter_error
@@ -188,8 +189,15 @@ class ErrorReportWorker:
         for ref in parts.events.list_since(cursor.floor):
             if self._stop.is_set() or not parts.election.poll(0):
                 return
-            if not cursor.is_done(ref):
-                cursor = self._handle(parts, cursor, ref, parts.events.retrieve(ref.id))
+            if cursor.is_done(ref):
+                continue
+            try:
+                report = parts.events.retrieve(ref.id)
+            except (ReportFormatError, StripeNotFound) as exc:  # it will never read better: go past it
+                log.warning("error report %s cannot be read (%s); going on without it", ref.id, exc)
+                cursor = self._cursor = parts.writer.finish(cursor, ref)
+                continue
+            cursor = self._handle(parts, cursor, ref, report)
 
     def _load(self, parts: _Parts) -> Cursor:
         cursor = parts.writer.store.load()
