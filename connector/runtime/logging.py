@@ -95,4 +95,9 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(telemetry.log_level)
+    # httpx logs every request at INFO: a line per customer lookup, meter read and report poll. Their
+    # outcomes are logged by the connector where they matter; DEBUG still shows every request.
+    logging.getLogger("httpx").setLevel(
+        max(logging.WARNING, root.level) if root.level > logging.DEBUG else logging.DEBUG
+    )
     return handler
