@@ -142,7 +142,7 @@ def records_now(count: int, seed: int = 42, customers: int = CUSTOMERS) -> Itera
     every value type, zero to three attributes), in rough time order over the hour before now (Stripe's
     window)."""
     samples = SampleRecords(
-        customer_ids(customers, seed),
+        customer_ids(customers),  # whatever the seed: the customers created at the emulated Stripe
         seed=seed,
         identifier_share=0.33,
         attribute_share=0.8,
@@ -258,9 +258,14 @@ def contender_env(
     env = connector_env(bootstrap, url, [topic], group)
     # The records carry fractions: the emulated account has decimal values enabled, and the topic says so.
     env[f"TOPIC_{topic_env_key(topic)}_DECIMAL_VALUES"] = "true"
-    # The harness shortens these for fast tests; the benchmark measures the defaults.
-    env.pop("CONNECTOR_COMMIT_INTERVAL_MS", None)
-    env.pop("CONNECTOR_LINGER_MS", None)
+    # The harness shortens or turns these off for fast tests; the benchmark measures the defaults.
+    for variable in (
+        "CONNECTOR_COMMIT_INTERVAL_MS",
+        "CONNECTOR_LINGER_MS",
+        "CONNECTOR_VERIFY_CUSTOMERS",
+        "CONNECTOR_ERROR_REPORTS_POLL_S",
+    ):
+        env.pop(variable, None)
     env["CONNECTOR_METRICS_PORT"] = "0"
     # Every contender reads the same topic into a freshly reset emulator: each needs ledger marks of its
     # own, or the delivery ledger (on, as in production) would rightly skip what an earlier one delivered.
@@ -1168,7 +1173,7 @@ def main(argv: list[str]) -> int:
 
         steady_names = [c for c in args.contenders if c != CEILING]
         if args.steady_seconds > 0 and steady_names:
-            with ReceiptsEmulator(latency_ms=args.steady_latency_ms) as emulator:
+            with ReceiptsEmulator(latency_ms=args.steady_latency_ms, decimal_values=True) as emulator:
                 for name in steady_names:
                     row = run_steady(
                         name,

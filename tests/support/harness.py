@@ -110,6 +110,12 @@ def connector_env(
             # The emulator has no sandbox limit unless started with sandbox_limits; tests of the
             # test-mode default (25 requests/s) remove this or start it so.
             "CONNECTOR_RATE_LIMIT_RPS": "10000",
+            # Checking customers and reading error reports are on by default; tests of other behaviour
+            # turn them off (they add lookups that hold records, and a group join per process), and the
+            # tests of those features turn them on (tests/integration/pipeline/test_e2e_validation.py,
+            # tests/integration/reports/).
+            "CONNECTOR_VERIFY_CUSTOMERS": "false",
+            "CONNECTOR_ERROR_REPORTS_POLL_S": "0",
         }
     )
     for topic in topic_list:

@@ -118,6 +118,7 @@ def test_unknown_customers_wait_then_go_to_the_dead_letter_topic_and_a_late_one_
         [topic],
         group_id,
         CONNECTOR_METRICS_PORT=str(port),
+        CONNECTOR_VERIFY_CUSTOMERS="true",
         CONNECTOR_UNKNOWN_CUSTOMER_WAIT_S="8",
         CONNECTOR_CUSTOMER_LOOKUPS_RPS="100",
     )
@@ -276,6 +277,7 @@ def test_sigkills_while_customers_wait_and_a_topic_is_paused_keep_stripe_exact(
         url,
         list(topics.values()),
         group_id,
+        CONNECTOR_VERIFY_CUSTOMERS="true",
         CONNECTOR_UNKNOWN_CUSTOMER_WAIT_S="3",
         CONNECTOR_CUSTOMER_LOOKUPS_RPS="200",
         CONNECTOR_METER_REFRESH_S="1",
