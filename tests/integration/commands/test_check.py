@@ -98,7 +98,7 @@ def setup(
             meter_id = create_meter(stripe_url, events)
             if billed:
                 bill(stripe_url, meter_id)
-        env = connector_env(kafka_bootstrap, stripe_url, [name], group_id)
+        env = connector_env(kafka_bootstrap, stripe_url, [name], group_id, CONNECTOR_VERIFY_CUSTOMERS="true")
         env[f"TOPIC_{topic_env_key(name)}_EVENT_NAME"] = events
         env.update(extra)
         env["_TOPIC"] = name  # for the test; removed before use
@@ -414,7 +414,9 @@ def test_check_and_run_read_compressed_answers(
         make_topic(partitions=1, name=f"{topic}.dlq")
         name = event_name()
         bill(emulator.url, create_meter(emulator.url, name))
-        env = connector_env(kafka_bootstrap, emulator.url, [topic], group_id)
+        env = connector_env(
+            kafka_bootstrap, emulator.url, [topic], group_id, CONNECTOR_VERIFY_CUSTOMERS="true"
+        )
         env[f"TOPIC_{topic_env_key(topic)}_EVENT_NAME"] = name
         status, _, checks = run_check(env, monkeypatch, capsys)
         stats = httpx.get(f"{emulator.url}/_emulator/stats", timeout=10).json()
