@@ -13,7 +13,7 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ import fastavro
 import pytest
 
 from connector.config.topics import topic_env_key
-from connector.devtools.emulator import EmulatorProcess
 from tests.support.faults import (
     HOUR_S,
     FaultToggler,
@@ -53,22 +52,6 @@ from tests.support.harness import (
 pytestmark = pytest.mark.slow
 
 Ends = dict[tuple[str, int], int]
-
-
-@pytest.fixture
-def emulator() -> Iterator[Callable[..., str]]:
-    """``emulator(**cli_options) -> url``: an emulator child process, stopped after the test."""
-    started: list[EmulatorProcess] = []
-
-    def start(**options: Any) -> str:
-        process = EmulatorProcess(**options)
-        process.start()
-        started.append(process)
-        return process.url
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def merge(total: Ends, more: Ends) -> None:

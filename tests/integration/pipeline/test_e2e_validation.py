@@ -13,14 +13,13 @@ import re
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from connector.devtools.emulator import EmulatorProcess
 from connector.kafka.deadletter import HEADER_CODE, HEADER_OFFSET, HEADER_PARTITION
 from tests.support.faults import read_topic
 from tests.support.harness import (
@@ -40,21 +39,6 @@ from tests.support.harness import (
 pytestmark = pytest.mark.slow
 
 Ends = dict[tuple[str, int], int]
-
-
-@pytest.fixture
-def emulator() -> Iterator[Callable[..., str]]:
-    started: list[EmulatorProcess] = []
-
-    def start(**options: Any) -> str:
-        process = EmulatorProcess(**options)
-        process.start()
-        started.append(process)
-        return process.url
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def free_port() -> int:
