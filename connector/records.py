@@ -78,6 +78,9 @@ class MeterEvent(NamedTuple):
     event_name: str
     timestamp: str  # RFC 3339, UTC, milliseconds: 2026-11-23T21:54:30.721Z
     payload: Mapping[str, str]
+    # The Stripe context (connected account) the event is sent in; None: the key's own account. Not
+    # part of the event's JSON: it selects the meter event session the event travels with.
+    context: str | None = None
 
     def as_json(self) -> dict[str, object]:
         """The event as Stripe's ``meter_event_stream`` expects it."""

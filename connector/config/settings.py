@@ -18,14 +18,16 @@ from connector.stripe.limits import (
 )
 
 
-def _default_schema() -> Path:
-    """The default schema: ``schemas/`` in a source checkout, ``connector/schemas/`` when installed."""
+def _default_schema(name: str = "usage_record.avsc") -> Path:
+    """A bundled schema: ``schemas/`` in a source checkout, ``connector/schemas/`` when installed."""
     package = Path(__file__).resolve().parents[1]  # connector/
-    installed = package / "schemas" / "usage_record.avsc"
-    return installed if installed.exists() else package.parent / "schemas" / "usage_record.avsc"
+    installed = package / "schemas" / name
+    return installed if installed.exists() else package.parent / "schemas" / name
 
 
 DEFAULT_SCHEMA = _default_schema()
+DEFAULT_CORRECTION_SCHEMA = _default_schema("usage_correction.avsc")
+TopicKind = Literal["usage", "corrections"]
 DEFAULT_GROUP_ID = "kafka-stripe"
 # Every variable the connector reads starts with one of these (the demo and the tests clear them so that
 # the caller's own settings cannot leak into a connector they start).
@@ -90,6 +92,17 @@ class TopicSettings:
     decimal_values: bool = False
     # The namespace of derived identifiers (TOPIC_<T>_NAMESPACE); None: the topic's Kafka topic id.
     namespace: str | None = None
+    # "usage": records are usage; "corrections": records cancel or compensate usage already sent.
+    kind: TopicKind = "usage"
+    # The Stripe context (connected account id or context path) the topic's usage is sent in; None:
+    # the platform account the key belongs to. ``context_field`` names a record field that overrides it.
+    stripe_context: str | None = None
+    context_field: str | None = None
+
+    @property
+    def on_platform(self) -> bool:
+        """Whether every event of the topic goes to the key's own account (no context at all)."""
+        return self.stripe_context is None and self.context_field is None
 
     def redacted(self) -> dict[str, object]:
         return {
@@ -108,6 +121,9 @@ class TopicSettings:
             "max_future_seconds": self.max_future_seconds,
             "decimal_values": self.decimal_values,
             "namespace": self.namespace,
+            "kind": self.kind,
+            "stripe_context": self.stripe_context,
+            "context_field": self.context_field,
         }
 
 

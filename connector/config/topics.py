@@ -8,9 +8,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from connector.avro import schema as avro_schema
-from connector.avro.fields import FieldProblem, FieldUse, Role, SchemaReport, check_fields, lookup
+from connector.avro.fields import FieldProblem, FieldUse, Role, SchemaReport, accepts, check_fields, lookup
+from connector.config.contexts import context_problem
+from connector.config.corrections import USAGE_ONLY_SUFFIXES, correction_schema_problems
 from connector.config.reader import Reader, show
-from connector.config.settings import DEFAULT_SCHEMA, TopicSettings
+from connector.config.settings import DEFAULT_CORRECTION_SCHEMA, DEFAULT_SCHEMA, TopicKind, TopicSettings
 from connector.stripe.limits import MAX_IDENTIFIER_LENGTH
 
 TOPIC_SUFFIXES = (
@@ -27,6 +29,9 @@ TOPIC_SUFFIXES = (
     "DLQ_TOPIC",
     "DECIMAL_VALUES",
     "NAMESPACE",
+    "KIND",
+    "STRIPE_CONTEXT",
+    "CONTEXT_FIELD",
 )
 # The variable (after ``TOPIC_<T>_``) that configures each field role.
 ROLE_VARIABLES: dict[Role, str] = {
@@ -130,9 +135,11 @@ def _read_payload_fields(reader: Reader, prefix: str) -> tuple[str, ...] | None:
     return paths
 
 
-def _read_schema(reader: Reader, prefix: str) -> tuple[Path, avro_schema.Schema]:
+def _read_schema(
+    reader: Reader, prefix: str, default: Path = DEFAULT_SCHEMA
+) -> tuple[Path, avro_schema.Schema]:
     value = reader.raw(prefix + "SCHEMA")
-    path = Path(value.strip()).expanduser().resolve() if value else DEFAULT_SCHEMA
+    path = Path(value.strip()).expanduser().resolve() if value else default
     schema = avro_schema.load(path)
     problem = schema.record_problem
     if problem is not None:
@@ -141,9 +148,106 @@ def _read_schema(reader: Reader, prefix: str) -> tuple[Path, avro_schema.Schema]
     return path, schema
 
 
+def _read_context(reader: Reader, prefix: str) -> tuple[str | None, str | None]:
+    """``TOPIC_<T>_STRIPE_CONTEXT`` and ``TOPIC_<T>_CONTEXT_FIELD`` (None where unset)."""
+    context = reader.raw(prefix + "STRIPE_CONTEXT")
+    if context is not None:
+        context = context.strip() or None
+        problem = None if context is None else context_problem(context)
+        if problem:
+            reader.problem(f"{prefix}STRIPE_CONTEXT: {problem}")
+    field = reader.raw(prefix + "CONTEXT_FIELD")
+    if field is not None:
+        field = field.strip() or None
+        problem = None if field is None else _field_path_problem(field)
+        if problem:
+            reader.problem(f"{prefix}CONTEXT_FIELD: {problem}")
+    return context, field
+
+
+def _context_field_problem(schema: avro_schema.Schema, path: str) -> str | None:
+    found, why = lookup(schema, path)
+    if found is None:
+        return f"{path!r} is not a field: not in {schema.path.name}, where {why}"
+    if not accepts("identifier", found, schema.named):
+        return (
+            f"{path!r} must be a string, nullable allowed (null: the topic's STRIPE_CONTEXT or the platform)"
+        )
+    return None
+
+
+def _read_corrections(
+    reader: Reader, name: str, prefix: str, *, registry: bool, max_past: int, max_future: int
+) -> TopicSettings:
+    """A corrections topic: fixed fields (``config.corrections``), an optional event name restriction."""
+    for suffix in USAGE_ONLY_SUFFIXES:
+        if reader.raw(prefix + suffix) is not None:
+            reader.problem(
+                f"{prefix}{suffix} does not apply to a corrections topic: its records have the fixed "
+                "fields of schemas/usage_correction.avsc"
+            )
+    schema_path, schema = _read_schema(reader, prefix, DEFAULT_CORRECTION_SCHEMA)
+    wire_format = reader.choice(prefix + "FORMAT", "confluent" if registry else "avro", ("avro", "confluent"))
+    if wire_format == "confluent" and not registry:
+        reader.problem(f"{prefix}FORMAT is confluent, which needs SCHEMA_REGISTRY_URL")
+    context, context_field = _read_context(reader, prefix)
+    dlq_topic = _read_dlq_topic(reader, prefix, name)
+    namespace = _read_namespace(reader, prefix)
+    if schema.record_problem is None:
+        for found in correction_schema_problems(schema, f"{prefix}SCHEMA"):
+            reader.problem(found)
+        if context_field and (why := _context_field_problem(schema, context_field)):
+            reader.problem(f"{prefix}CONTEXT_FIELD: {why}")
+    customer_key = reader.text(prefix + "CUSTOMER_KEY", "stripe_customer_id")
+    value_key = reader.text(prefix + "VALUE_KEY", "value")
+    return TopicSettings(
+        name=name,
+        event_name=(reader.raw(prefix + "EVENT_NAME") or "").strip(),
+        schema_path=schema_path,
+        wire_format=wire_format,
+        payload_fields=(),
+        customer_key=customer_key,
+        value_key=value_key,
+        dlq_topic=dlq_topic,
+        max_past_seconds=max_past,
+        max_future_seconds=max_future,
+        decimal_values=reader.flag(prefix + "DECIMAL_VALUES", False),
+        namespace=namespace,
+        kind="corrections",
+        stripe_context=context,
+        context_field=context_field,
+    )
+
+
+def _read_dlq_topic(reader: Reader, prefix: str, name: str) -> str:
+    dlq_topic = reader.text(prefix + "DLQ_TOPIC", f"{name}.dlq")
+    problem = topic_name_problem(dlq_topic)
+    if problem:
+        reader.problem(f"{prefix}DLQ_TOPIC: {problem}")
+    return dlq_topic
+
+
+def _read_namespace(reader: Reader, prefix: str) -> str | None:
+    namespace = reader.raw(prefix + "NAMESPACE")
+    if namespace is not None:
+        namespace = namespace.strip()
+        if not NAMESPACE.fullmatch(namespace):
+            reader.problem(f"{prefix}NAMESPACE must be 1-22 letters, digits, '-' or '_', not {namespace!r}")
+    return namespace
+
+
 def read_topic(reader: Reader, name: str, *, registry: bool, max_past: int, max_future: int) -> TopicSettings:
     """One topic's ``TOPIC_<T>_*`` variables, checked against its schema."""
     prefix = f"TOPIC_{topic_env_key(name)}_"
+    kind: TopicKind = (
+        "corrections"
+        if reader.choice(prefix + "KIND", "usage", ("usage", "corrections")) == "corrections"
+        else "usage"
+    )
+    if kind == "corrections":
+        return _read_corrections(
+            reader, name, prefix, registry=registry, max_past=max_past, max_future=max_future
+        )
     event_name = reader.required(prefix + "EVENT_NAME") or ""
     if len(event_name) > MAX_IDENTIFIER_LENGTH:
         limit = MAX_IDENTIFIER_LENGTH
@@ -159,15 +263,9 @@ def read_topic(reader: Reader, name: str, *, registry: bool, max_past: int, max_
     if customer_key == value_key:
         reader.problem(f"{prefix}CUSTOMER_KEY and {prefix}VALUE_KEY are both {customer_key!r}")
     decimal_values = reader.flag(prefix + "DECIMAL_VALUES", False)
-    namespace = reader.raw(prefix + "NAMESPACE")
-    if namespace is not None:
-        namespace = namespace.strip()
-        if not NAMESPACE.fullmatch(namespace):
-            reader.problem(f"{prefix}NAMESPACE must be 1-22 letters, digits, '-' or '_', not {namespace!r}")
-    dlq_topic = reader.text(prefix + "DLQ_TOPIC", f"{name}.dlq")
-    problem = topic_name_problem(dlq_topic)
-    if problem:
-        reader.problem(f"{prefix}DLQ_TOPIC: {problem}")
+    namespace = _read_namespace(reader, prefix)
+    context, context_field = _read_context(reader, prefix)
+    dlq_topic = _read_dlq_topic(reader, prefix, name)
     if payload is None:
         # Default: copy ``attributes`` when the schema has it; a schema without it simply has no extras.
         usable = schema.record_problem is None
@@ -189,10 +287,14 @@ def read_topic(reader: Reader, name: str, *, registry: bool, max_past: int, max_
         max_future_seconds=max_future,
         decimal_values=decimal_values,
         namespace=namespace,
+        stripe_context=context,
+        context_field=context_field,
     )
     if schema.record_problem is None:
         for found in schema_report(schema, topic, explicit=explicit).problems:
             reader.problem(found)
+        if context_field and (why := _context_field_problem(schema, context_field)):
+            reader.problem(f"{prefix}CONTEXT_FIELD: {why}")
     return topic
 
 

@@ -37,6 +37,8 @@ HEADER_VERSION = "kafka_stripe.version"
 # The Stripe error report (a v2 event id) that named the record: with the original coordinates it says
 # whether a report's dead letter was written already (connector.reports.intent).
 HEADER_REPORT = "kafka_stripe.error.report"
+# The Stripe context (connected account) the record's usage was for; absent for the platform account.
+HEADER_CONTEXT = "kafka_stripe.context"
 # Every header of ours starts with one of these; the others are the original record's.
 OUR_HEADER_PREFIXES = ("__connect.errors.", "kafka_stripe.")
 
@@ -45,7 +47,11 @@ DeliveryCallback = Callable[[Exception | None], None]
 
 
 def dead_letter_headers(
-    record: KafkaRecord, error: RecordRejected, namespace: str | None = None, report: str | None = None
+    record: KafkaRecord,
+    error: RecordRejected,
+    namespace: str | None = None,
+    report: str | None = None,
+    context: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """Headers for a dead-lettered record: where it came from and why it was refused."""
     ours = [
@@ -64,6 +70,8 @@ def dead_letter_headers(
         ours.append((HEADER_ORIGINAL_NAMESPACE, namespace))
     if report:
         ours.append((HEADER_REPORT, report))
+    if context:
+        ours.append((HEADER_CONTEXT, context))
     original = [(k, v if v is not None else b"") for k, v in record.headers]
     return original + [(k, v.encode("utf-8", "replace")) for k, v in ours]
 
@@ -83,6 +91,7 @@ class DeadLetterHeaders:
     problem: str = ""
     namespace: str | None = None  # the identifier namespace of the original's topic, when written
     report: str | None = None  # the Stripe error report that named the record, for asynchronous errors
+    context: str | None = None  # the Stripe context the usage was for (None: the platform account)
 
     @classmethod
     def read(cls, headers: Headers) -> DeadLetterHeaders:
@@ -106,8 +115,19 @@ class DeadLetterHeaders:
         code, reason = ours.get(HEADER_CODE, ""), ours.get(HEADER_REASON, "")
         namespace = ours.get(HEADER_ORIGINAL_NAMESPACE) or None
         report = ours.get(HEADER_REPORT) or None
+        context = ours.get(HEADER_CONTEXT) or None
         return cls(
-            topic, partition, offset, code, reason, timestamp, tuple(original), problem, namespace, report
+            topic,
+            partition,
+            offset,
+            code,
+            reason,
+            timestamp,
+            tuple(original),
+            problem,
+            namespace,
+            report,
+            context,
         )
 
     def original(
@@ -150,9 +170,11 @@ class DeadLetterQueue:
         on_delivery: DeliveryCallback,
         namespace: str | None = None,
         report: str | None = None,
+        context: str | None = None,
     ) -> None:
         """Produce ``record`` to ``topic``; ``on_delivery(None)`` once the broker acknowledged it.
-        ``report``: the Stripe error report that named the record (its own header)."""
+        ``report``: the Stripe error report that named the record (its own header); ``context``: the
+        Stripe context its usage was for."""
 
         def acknowledged(err: Any, _msg: Any) -> None:
             on_delivery(
@@ -164,7 +186,7 @@ class DeadLetterQueue:
                 topic,
                 value=record.value,
                 key=record.key,
-                headers=dead_letter_headers(record, error, namespace, report),
+                headers=dead_letter_headers(record, error, namespace, report, context),
                 timestamp=record.timestamp_ms or 0,
                 on_delivery=acknowledged,
             )

@@ -11,6 +11,7 @@ from typing import Any
 from connector.avro import schema as avro_schema
 from connector.avro.decoder import Decoder, SchemaLookup
 from connector.avro.fields import FieldUse, Role, check_fields, is_micros, is_text_map, lookup
+from connector.config.contexts import context_problem
 from connector.config.settings import TopicSettings
 from connector.errors import ConfigurationError, FatalError, MappingError, RecordRejected
 from connector.mapping.identifiers import MAX_IDENTIFIER, identifier_prefix
@@ -22,11 +23,11 @@ from connector.records import Coordinates, KafkaRecord, MeterEvent
 # name) for a top-level field, a C call; (_dig, steps) for a dotted path; (_nothing, None) for an
 # unconfigured field. Pairs rather than closures: a closure per field cost ~0.1 µs per record.
 Accessor = tuple[Callable[[dict[str, Any], Any], Any], Any]
-# What the rules take: (customer, value, timestamp, identifier, then one value per payload field).
+# What the rules take: (customer, value, timestamp, identifier, context, then one per payload field).
 _Fields = tuple[Any, ...]
 _Rules = Callable[[_Fields, str, int, int, "int | None", int], MeterEvent]
 # tuple.__new__ is what MeterEvent(...) calls after a Python-level __new__ of its own.
-_new_event: Callable[[tuple[str, str, str, dict[str, str]]], MeterEvent] = functools.partial(
+_new_event: Callable[[tuple[str, str, str, dict[str, str], str | None]], MeterEvent] = functools.partial(
     tuple.__new__, MeterEvent
 )
 
@@ -49,6 +50,7 @@ class _Plan:
     value: Accessor
     timestamp: Accessor | None
     identifier: Accessor | None
+    context: Accessor | None  # the record field naming the Stripe context (TOPIC_<T>_CONTEXT_FIELD)
     payload: tuple[tuple[str, Callable[[dict[str, Any], Any], Any], Any], ...]  # (payload key, get, key)
     payload_paths: tuple[str, ...]
     micros: bool  # the timestamp long counts microseconds
@@ -103,6 +105,7 @@ def _plan(settings: TopicSettings, schema: avro_schema.Schema) -> _Plan:
         value=value,
         timestamp=timestamp,
         identifier=accessor("identifier", settings.identifier_field),
+        context=_accessor(settings.context_field) if settings.context_field else None,
         payload=tuple((path.rsplit(".", 1)[-1], *_accessor(path)) for path in payload_paths),
         payload_paths=tuple(payload_paths),
         # A timestamp-micros long is divided down to milliseconds; a timestamp-millis one is taken as is.
@@ -127,6 +130,8 @@ class Mapper:
         self._customer, self._value = plan.customer, plan.value
         self._timestamp = plan.timestamp or _NO_FIELD
         self._identifier = plan.identifier or _NO_FIELD
+        self._context = plan.context or _NO_FIELD
+        self._context_of = context_reader(settings)
         self._payload_fields = plan.payload
 
         # The fast path: when every field used is a top-level field of a compiled record schema, the
@@ -137,6 +142,7 @@ class Mapper:
             settings.value_field,
             settings.timestamp_field if plan.timestamp is not None else "",
             settings.identifier_field if plan.identifier is not None else "",
+            settings.context_field or "",
             *plan.payload_paths,
         ]
         project = None if any("." in p for p in paths) else self.decoder.schema.projection(paths)
@@ -210,7 +216,7 @@ class Mapper:
 
     def _extract(self, record: Any) -> _Fields:
         """The values the rules need, out of a decoded record: (customer, value, timestamp,
-        identifier, one value per payload field), each None where absent."""
+        identifier, context, one value per payload field), each None where absent."""
         if type(record) is not dict:
             if not isinstance(record, Mapping):
                 raise MappingError(f"record: a {type(record).__name__}, not a record", code="not_a_record")
@@ -219,11 +225,13 @@ class Mapper:
         value_get, value_key = self._value
         timestamp_get, timestamp_key = self._timestamp
         identifier_get, identifier_key = self._identifier
+        context_get, context_key = self._context
         return (
             customer_get(record, customer_key),
             value_get(record, value_key),
             timestamp_get(record, timestamp_key),
             identifier_get(record, identifier_key),
+            context_get(record, context_key),
             *(get(record, path) for _name, get, path in self._payload_fields),
         )
 
@@ -244,18 +252,17 @@ class Mapper:
 # (from the compiled decoder), taken over as the payload.
 def _rules(mapper: Mapper, adopt: bool) -> _Rules:
     """The closure that maps one record's extracted fields (see the comment above)."""
-    settings, plan, seconds = mapper.settings, mapper._plan, mapper._seconds
+    settings, plan, seconds, context_of = mapper.settings, mapper._plan, mapper._seconds, mapper._context_of
     id_prefixes, too_far, prefix_for = mapper._id_prefixes, mapper._too_far, mapper._identifier_prefix
     customer_field, value_field, timestamp_field, identifier_field = _field_names(settings)
-    event_name, customer_key, value_key = settings.event_name, settings.customer_key, settings.value_key
+    event_name, customer_key, value_key, static_context = _event_settings(settings)
     decimal_values, micros, copy_payload = settings.decimal_values, plan.micros, _payload_copier(plan)
     max_past_ms, max_future_ms = settings.max_past_seconds * 1000, settings.max_future_seconds * 1000
 
     def apply(
         fields: _Fields, topic: str, partition: int, offset: int, kafka_ms: int | None, now_ms: int
     ) -> MeterEvent:
-        customer = fields[0]
-        value = fields[1]
+        customer, value = fields[0], fields[1]  # two names: no tuple is built
         timestamp = fields[2]
         identifier = fields[3]
         if type(customer) is not str or not customer or customer.isspace():
@@ -293,15 +300,21 @@ def _rules(mapper: Mapper, adopt: bool) -> _Rules:
         elif type(identifier) is not str or not identifier or len(identifier) > MAX_IDENTIFIER:
             raise _bad_identifier(identifier_field, identifier)
         if adopt:
-            payload: dict[str, str] = fields[4] if fields[4] is not None else {}
+            payload: dict[str, str] = fields[5] if fields[5] is not None else {}
         else:
             payload = copy_payload(fields)
         # Assigned last so a copied attribute can never replace the customer or the value.
         payload[customer_key] = customer
         payload[value_key] = value_text
-        return _new_event((identifier, event_name, prefix + MILLIS[ms], payload))
+        context = static_context if fields[4] is None else context_of(fields[4])
+        return _new_event((identifier, event_name, prefix + MILLIS[ms], payload, context))
 
     return apply
+
+
+def _event_settings(settings: TopicSettings) -> tuple[str, str, str, str | None]:
+    """The event name, the payload's customer and value keys, and the topic's Stripe context."""
+    return settings.event_name, settings.customer_key, settings.value_key, settings.stripe_context
 
 
 def _field_names(settings: TopicSettings) -> tuple[str, str, str, str]:
@@ -317,7 +330,7 @@ def _payload_copier(plan: _Plan) -> Callable[[_Fields], dict[str, str]]:
 
     def copy_payload(fields: _Fields) -> dict[str, str]:
         payload: dict[str, str] = {}
-        for name, copied in zip(names, fields[4:], strict=True):
+        for name, copied in zip(names, fields[5:], strict=True):
             if copied is None:
                 continue
             if type(copied) is not dict:
@@ -334,6 +347,28 @@ def _payload_copier(plan: _Plan) -> Callable[[_Fields], dict[str, str]]:
         return payload
 
     return copy_payload
+
+
+def context_reader(settings: TopicSettings) -> Callable[[Any], str]:
+    """Checks a context read from a record field; valid ones are remembered (few tenants, many records)."""
+    seen: dict[str, str] = {}
+    field = settings.context_field or "context"
+
+    def context_of(value: Any) -> str:
+        known = seen.get(value) if type(value) is str else None
+        if known is not None:
+            return known
+        problem = context_problem(value) if type(value) is str else f"{show(value)} is not a string"
+        if problem is not None:
+            raise MappingError(f"{field}: {problem}", code="invalid_context")
+        if len(seen) < _MAX_REMEMBERED_CONTEXTS:
+            seen[value] = value
+        return str(value)
+
+    return context_of
+
+
+_MAX_REMEMBERED_CONTEXTS = 100_000
 
 
 def _no_customer(field: str, customer: Any) -> MappingError:

@@ -37,8 +37,10 @@ class Admission:
     def __init__(self, settings: Settings, watch: StripeWatch | None) -> None:
         validation = settings.validation
         self._watch = watch
-        self._topics = settings.topics
-        self.customer_keys = {t.name: t.customer_key for t in settings.topics}
+        # The platform account's usage topics: StripeWatch reads the platform's meters and customers.
+        # Connected accounts' events are validated by Stripe alone (docs/corrections-and-contexts.md).
+        self._topics = tuple(t for t in settings.topics if t.kind == "usage" and t.on_platform)
+        self.customer_keys = {t.name: t.customer_key for t in self._topics}
         self.verify = watch is not None and validation.verify_customers
         self.pause_on_missing = validation.on_missing_meter == "pause"
         self.gate: CustomerGate[Item] = CustomerGate(
@@ -47,7 +49,7 @@ class Admission:
             max_waiting=validation.max_waiting_records,
         )
         self._overflow_logged = 0
-        self.problems: dict[str, str | None] = {t.name: None for t in settings.topics}
+        self.problems: dict[str, str | None] = {t.name: None for t in self._topics}
         self.read = False  # the meters were read at least once
 
     def start(self) -> None:

@@ -27,13 +27,14 @@ class Item(NamedTuple):
 
 
 class Batch:
-    """Events sent in one request; ``items[i]`` is the source of ``events[i]``."""
+    """Events sent in one request; ``items[i]`` is the source of ``events[i]``. All share one context."""
 
-    __slots__ = ("created_at", "items", "partitions")
+    __slots__ = ("context", "created_at", "items", "partitions")
 
-    def __init__(self, items: list[Item], created_at: float) -> None:
+    def __init__(self, items: list[Item], created_at: float, context: str | None = None) -> None:
         self.items = items
         self.created_at = created_at
+        self.context = context  # the Stripe context every event of the batch is sent in
         # The distinct partition epochs the batch touches, in first-seen order; worked out once, as the
         # pipeline counts the batch out to them and back in.
         self.partitions: list[PartitionOffsets] = list({id(i.offsets): i.offsets for i in items}.values())
@@ -54,58 +55,79 @@ class Batch:
         return len(self.items)
 
 
+class _Open:
+    """One context's open batch."""
+
+    __slots__ = ("items", "opened_at", "partitions")
+
+    def __init__(self, now: float) -> None:
+        self.items: list[Item] = []
+        self.opened_at = now
+        self.partitions: list[PartitionOffsets] = []  # its partition epochs, the latest last
+
+
 class Batcher:
-    """Holds the open batch; pure: the caller passes the time in."""
+    """Holds one open batch per Stripe context (a request speaks for one account); pure: the caller
+    passes the time in."""
 
     def __init__(self, max_events: int = MAX_EVENTS_PER_REQUEST, linger_s: float = 0.1) -> None:
         if not 1 <= max_events <= MAX_EVENTS_PER_REQUEST:
             raise ValueError(f"max_events must be 1..{MAX_EVENTS_PER_REQUEST}")
         self.max_events = max_events
         self.linger_s = linger_s
-        self._items: list[Item] = []
-        self._opened_at = 0.0
-        self._partitions: list[PartitionOffsets] = []  # the open batch's partition epochs
+        self._open: dict[str | None, _Open] = {}
+        self._size = 0
 
     def add(self, item: Item, now: float) -> Batch | None:
         """Add an event; returns the batch this event filled, or the one it could not join."""
+        context = item.event.context
+        current = self._open.get(context)
+        if current is None:
+            current = self._open[context] = _Open(now)
         closed = None
         offsets = item.offsets
-        partitions = self._partitions
+        partitions = current.partitions
         if not partitions or partitions[-1] is not offsets:
             if not any(p is offsets for p in partitions):
                 if len(partitions) >= MAX_PARTITIONS_PER_REQUEST:
-                    closed = self.flush()
-                self._partitions.append(offsets)
+                    closed = self._close(context)
+                    current = self._open[context] = _Open(now)
+                    partitions = current.partitions
+                partitions.append(offsets)
             else:
                 partitions.remove(offsets)  # keep the most recent last: the check above stays one compare
                 partitions.append(offsets)
-        if not self._items:
-            self._opened_at = now
-        self._items.append(item)
-        if len(self._items) >= self.max_events:
+        current.items.append(item)
+        self._size += 1
+        if len(current.items) >= self.max_events:
             # Not after a batch was just closed for its partitions: one item fills a batch only when
             # max_events is 1, and then no batch ever holds two partitions.
-            return self.flush()
+            return self._close(context)
         return closed
 
     def due(self, now: float) -> Batch | None:
-        """The open batch if it has lingered long enough."""
-        if self._items and now - self._opened_at >= self.linger_s:
-            return self.flush()
+        """An open batch that has lingered long enough (the loop asks again until there is none)."""
+        for context, current in self._open.items():
+            if now - current.opened_at >= self.linger_s:
+                return self._close(context)
         return None
 
     def deadline(self) -> float | None:
-        """When the open batch must close, or None if there is none."""
-        return self._opened_at + self.linger_s if self._items else None
+        """When the first open batch must close, or None if there is none."""
+        if not self._open:
+            return None
+        return min(current.opened_at for current in self._open.values()) + self.linger_s
 
     def flush(self) -> Batch | None:
-        """Close the open batch now (shutdown, revoke, linger)."""
-        if not self._items:
-            return None
-        batch = Batch(self._items, self._opened_at)
-        self._items = []
-        self._partitions = []
-        return batch
+        """Close one open batch now (shutdown, revoke, linger); call until it returns None."""
+        for context in self._open:
+            return self._close(context)
+        return None
+
+    def _close(self, context: str | None) -> Batch:
+        current = self._open.pop(context)
+        self._size -= len(current.items)
+        return Batch(current.items, current.opened_at, context)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._size

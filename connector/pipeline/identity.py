@@ -27,13 +27,18 @@ from connector.kafka.delivery_ledger import (
     read_ledger,
 )
 from connector.kafka.topics import namespaces, topic_ids
-from connector.mapping.mapper import Mapper
 from connector.pipeline.offsets import PartitionOffsets
 from connector.runtime.metrics import Telemetry
 
 log = logging.getLogger("kafka_stripe.pipeline")
 
 LEDGER_READ_TIMEOUT_S = 30.0
+
+
+class UsesNamespace(Protocol):
+    """A topic's mapper, as identity sees it: told the namespace its identifiers are derived with."""
+
+    def use_namespace(self, namespace: str) -> None: ...
 
 
 class IdentityPort(Protocol):
@@ -52,7 +57,7 @@ class Identity:
     def __init__(
         self,
         settings: Settings,
-        mappers: Mapping[str, Mapper],
+        mappers: Mapping[str, UsesNamespace],
         telemetry: Telemetry,
         *,
         admin_factory: Callable[[dict[str, Any]], Any],
@@ -167,7 +172,7 @@ class StaticIdentity:
     """Fixed namespaces and no ledger: for a pipeline fed without a cluster (benchmarks, unit tests).
     ``kafka-stripe run`` always uses ``Identity``."""
 
-    def __init__(self, mappers: Mapping[str, Mapper], namespaces: Mapping[str, str]) -> None:
+    def __init__(self, mappers: Mapping[str, UsesNamespace], namespaces: Mapping[str, str]) -> None:
         self._mappers = mappers
         self._namespaces = dict(namespaces)
 

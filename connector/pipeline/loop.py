@@ -1,6 +1,7 @@
 """The run loop: poll, map, batch, hand batches to the sender, apply completions, commit the done prefix.
 
-(A little over 400 lines: the hot path, completions and the shutdown that must end every run share state.)
+(Over 400 lines: the hot path, completions, corrections and the shutdown that must end every run share
+state: the offsets, the in-flight counts and the dead-letter producer.)
 
 Two threads, one owner each:
 
@@ -29,28 +30,31 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from connector.config.settings import Settings, TopicSettings
 from connector.errors import ConfigurationError, FatalError, RecordRejected, RetryableError
 from connector.kafka.deadletter import DeadLetterQueue
+from connector.mapping.corrections import CorrectionMapper
 from connector.mapping.mapper import Mapper
 from connector.pipeline.admission import Admission
 from connector.pipeline.batching import Batch, Batcher, Item
+from connector.pipeline.corrections import Corrected, CorrectionJob, Keys, StripePort, apply_correction
 from connector.pipeline.customers import Verdict
 from connector.pipeline.flow import FlowControl
 from connector.pipeline.holds import TopicHolds
-from connector.pipeline.identity import IdentityPort
+from connector.pipeline.identity import IdentityPort, UsesNamespace
 from connector.pipeline.offsets import OffsetTracker, PartitionOffsets
 from connector.pipeline.progress import PROGRESS_INTERVAL_S, VIEW_INTERVAL_S, Progress, Reporter
 from connector.pipeline.rebalance import Rebalancer
 from connector.pipeline.sender_thread import Failed, SenderFactory, SenderThread
 from connector.pipeline.stripe_watch import StripeWatch
-from connector.records import KafkaRecord, MeterEvent, kafka_timestamp_ms
+from connector.records import Coordinates, KafkaRecord, MeterEvent, kafka_timestamp_ms
 from connector.runtime.metrics import Telemetry
 from connector.runtime.snapshot import Snapshot
+from connector.stripe.request_keys import Origin
 from connector.stripe.results import BatchResult
 
 log = logging.getLogger("kafka_stripe.pipeline")
@@ -88,7 +92,7 @@ class Pipeline:
         self,
         settings: Settings,
         sender_factory: SenderFactory,
-        identity_factory: Callable[[Mapping[str, Mapper]], IdentityPort],
+        identity_factory: Callable[[Mapping[str, UsesNamespace]], IdentityPort],
         *,
         consumer_factory: Callable[[dict[str, Any]], Any] = Consumer,
         producer_factory: Callable[[dict[str, Any]], Any] = Producer,
@@ -103,8 +107,13 @@ class Pipeline:
         self.telemetry = telemetry if telemetry is not None else Telemetry(port=None)
         self._clock = clock
         self._topics: dict[str, TopicSettings] = {t.name: t for t in settings.topics}
-        self._mappers = {t.name: Mapper(t, schema_lookup) for t in settings.topics}
-        self.identity = identity_factory(self._mappers)
+        self._mappers = {t.name: Mapper(t, schema_lookup) for t in settings.topics if t.kind == "usage"}
+        self._correctors = {
+            t.name: CorrectionMapper(t, schema_lookup) for t in settings.topics if t.kind == "corrections"
+        }
+        # Every topic's namespace holder: usage mappers and corrections mappers alike.
+        self._namespaced: dict[str, Mapper | CorrectionMapper] = {**self._mappers, **self._correctors}
+        self.identity = identity_factory(self._namespaced)
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         pipeline = settings.pipeline
@@ -115,7 +124,7 @@ class Pipeline:
             settings.sender.max_in_flight,
             self.telemetry.observe_send,
             loop_factory,
-            namespace_of=lambda topic: self._mappers[topic].namespace or "",
+            namespace_of=lambda topic: self._namespaced[topic].namespace or "",
         )
         self._batcher = Batcher(pipeline.batch_size, pipeline.linger_ms / 1000)
         self._tracker = OffsetTracker()
@@ -126,7 +135,8 @@ class Pipeline:
         self.rebalance = Rebalancer(
             self._tracker, self.flow, self, pipeline.shutdown_timeout_s, on_assigned=self.identity.on_assign
         )
-        self._completions: queue.SimpleQueue[tuple[Batch, BatchResult | Failed]] = queue.SimpleQueue()
+        # Finished batches, and finished corrections (``CorrectionJob``, ``Corrected``).
+        self._completions: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
         self._in_flight_records = 0  # records in batches handed to the sender, not yet back
         self._stopping = False
         self._fatal: FatalError | None = None  # set where no exception can carry it (callbacks)
@@ -199,8 +209,7 @@ class Pipeline:
                 # Buffer full: wait for Stripe's answers instead of reading more.
                 self._drain(timeout=timeout or 0.01)
             now = self._clock()
-            batch = self._batcher.due(now)
-            if batch is not None:
+            while (batch := self._batcher.due(now)) is not None:
                 self._submit(batch)
             self._drain()
             self._apply_admission(now)
@@ -232,6 +241,7 @@ class Pipeline:
         # key are looked up once per run. The message travels with its event; no per-record copy is made.
         offsets: PartitionOffsets | None = None
         map_value = blocked = customer_key = None
+        corrections = False
         for message in messages:
             if message.error() is not None:
                 self._consumer_error(message.error())
@@ -241,6 +251,11 @@ class Pipeline:
             offset = message.offset()
             if offsets is None or offsets.partition != partition or offsets.topic != topic:
                 offsets, map_value, blocked, customer_key = self._run_of(topic, partition)
+                corrections = map_value is None
+            if corrections:
+                self._take_correction(message, offsets, now_ms)
+                consumed += 1
+                continue
             assert map_value is not None
             if blocked is not None and admission.pause_on_missing:
                 self._holds.hold(offsets, offset)
@@ -274,15 +289,17 @@ class Pipeline:
 
     def _run_of(
         self, topic: str, partition: int
-    ) -> tuple[PartitionOffsets, Callable[..., MeterEvent], str | None, str | None]:
-        """What a run of one partition's records needs: its epoch, its topic's mapping, the reason its
-        meter does not take events now (None: it does), the payload key to verify customers by."""
+    ) -> tuple[PartitionOffsets, Callable[..., MeterEvent] | None, str | None, str | None]:
+        """What a run of one partition's records needs: its epoch, its topic's mapping (None for a
+        corrections topic), the reason its meter does not take events now (None: it does), the payload
+        key to verify customers by."""
         admission = self.admission
+        mapper = self._mappers.get(topic)
         return (
             self._tracker.for_record(topic, partition),
-            self._mappers[topic].map_value,
+            None if mapper is None else mapper.map_value,
             admission.problem(topic),
-            admission.customer_keys[topic] if admission.verify else None,
+            admission.customer_keys.get(topic) if admission.verify else None,
         )
 
     def _admit(self, item: Item, now: float) -> bool:
@@ -292,6 +309,68 @@ class Pipeline:
             record = KafkaRecord.from_message(item.message)
             self._dead_letter(record, self.admission.rejection(item).at(record.coordinates), item.offsets)
         return verdict is Verdict.SEND
+
+    # ----------------------------------------------------------------- corrections
+
+    def _take_correction(self, message: Any, offsets: PartitionOffsets, now_ms: int) -> None:
+        """Map a correction record and hand it to the sender thread (``pipeline.corrections``)."""
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        offsets.track(offset)
+        if offset < offsets.skip_below:  # applied before, per the ledger
+            offsets.done(offset)
+            offsets.skipped += 1
+            return
+        try:
+            correction = self._correctors[topic].map_value(
+                message.value(), Coordinates(topic, partition, offset), now_ms, self._usage_namespace
+            )
+        except RecordRejected as exc:
+            self._dead_letter(KafkaRecord.from_message(message), exc, offsets)
+            return
+        origin = Origin(self._correctors[topic].namespace or "", partition, offset)
+        self._submit_correction(CorrectionJob(correction, message, offsets, origin))
+
+    def _usage_namespace(self, topic: str) -> str | None:
+        mapper = self._mappers.get(topic)
+        return None if mapper is None else mapper.namespace
+
+    def _submit_correction(self, job: CorrectionJob) -> None:
+        job.offsets.batches_out += 1
+        self._in_flight_records += 1
+        settings = self._topics[job.offsets.topic]
+        keys = Keys(settings.customer_key, settings.value_key)
+        self._sender.call(
+            lambda stripe: apply_correction(job, cast(StripePort, stripe), keys),
+            lambda result: self._completions.put((job, result)),
+        )
+
+    def _corrected(self, job: CorrectionJob, result: Corrected | Failed) -> None:
+        """Apply a correction's outcome on the consumer thread."""
+        self._in_flight_records -= 1
+        job.offsets.batches_out -= 1
+        if isinstance(result, Failed):
+            if result.fatal is not None:
+                self._fatal = result.fatal
+                return
+            result = Corrected(undelivered=True, reason=result.reason)
+        if result.undelivered:
+            if not job.offsets.released and not self._stopping:
+                log.warning("correction %s not applied yet (%s); trying again", job.origin, result.reason)
+                self._submit_correction(job)
+            return
+        record, correction = KafkaRecord.from_message(job.message), job.correction
+        if result.error is not None:
+            self._dead_letter(record, result.error.at(record.coordinates), job.offsets, correction.context)
+            return
+        log.info(
+            "correction at %s: %s %s (%s)",
+            record.coordinates,
+            result.action,
+            correction.original,
+            correction.reason,
+        )
+        self.telemetry.correction(result.action)
+        job.offsets.done(record.offset)
 
     # ----------------------------------------------------------------- admission (meters, customers)
 
@@ -353,7 +432,11 @@ class Pipeline:
                 break
         self._dlq.poll(0)
 
-    def _complete(self, batch: Batch, result: BatchResult | Failed) -> None:
+    def _complete(self, batch: Batch | CorrectionJob, result: Any) -> None:
+        if type(batch) is CorrectionJob:
+            self._corrected(batch, result)
+            return
+        assert isinstance(batch, Batch)
         self._in_flight_records -= len(batch)
         for offsets in batch.partitions:
             offsets.batches_out -= 1
@@ -362,10 +445,11 @@ class Pipeline:
                 self._fatal = result.fatal
             elif not result.abandoned:
                 self.telemetry.batch_failed()
-                self._resend(batch.items, result.reason)
+                self._resend(batch.items, result.reason, batch.context)
             return
-        if result.retries:
+        if result.retries and batch.context is None:
             # Stripe answered 429/5xx or timed out on the way: hold back new records for a moment.
+            # (A connected account's trouble stays with its own sender: the others keep flowing.)
             self.flow.stripe_struggling()
         items = batch.items
         delivered = result.delivered
@@ -390,23 +474,31 @@ class Pipeline:
         for rejection in result.rejected:
             item = items[rejection.index]
             record = KafkaRecord.from_message(item.message)
-            self._dead_letter(record, rejection.error().at(record.coordinates), item.offsets)
+            error = rejection.error().at(record.coordinates)
+            self._dead_letter(record, error, item.offsets, item.event.context)
         if result.undelivered:
-            self._resend([items[i] for i in result.undelivered], result.error)
+            self._resend([items[i] for i in result.undelivered], result.error, batch.context)
 
-    def _resend(self, items: list[Item], error: str | None) -> None:
+    def _resend(self, items: list[Item], error: str | None, context: str | None) -> None:
         # Not done: nothing is committed past these records. Send them again; the sender's retry
         # policy does the waiting, and partitions stay paused meanwhile (memory stays bounded).
         # Records of partitions revoked meanwhile are left to their new owner.
         items = [item for item in items if not item.offsets.released]
         if not items:
             return
-        self.flow.stripe_struggling()
+        if context is None:
+            self.flow.stripe_struggling()
         log.warning("%d events undelivered (%s); sending them again", len(items), error)
         if not self._stopping:
-            self._submit(Batch(items, self._clock()))
+            self._submit(Batch(items, self._clock(), context))
 
-    def _dead_letter(self, record: KafkaRecord, error: RecordRejected, offsets: PartitionOffsets) -> None:
+    def _dead_letter(
+        self,
+        record: KafkaRecord,
+        error: RecordRejected,
+        offsets: PartitionOffsets,
+        context: str | None = None,
+    ) -> None:
         if self.settings.pipeline.on_invalid == "fail":
             raise FatalError(f"invalid record and CONNECTOR_ON_INVALID=fail: {error}")
         assert self._dlq is not None
@@ -426,8 +518,9 @@ class Pipeline:
 
         log.debug("dead-lettering %s: %s", record.coordinates, error)
         offsets.dead_letters_out += 1
-        namespace = self._mappers[record.topic].namespace
-        self._dlq.send(record, error, topic, delivered, namespace)
+        namespace = self._namespaced[record.topic].namespace
+        context = context or self._topics[record.topic].stripe_context
+        self._dlq.send(record, error, topic, delivered, namespace, context=context)
 
     # ----------------------------------------------------------------- commits (and what rebalances need)
 
@@ -455,8 +548,7 @@ class Pipeline:
 
     def flush(self) -> None:
         """Send the open batch now (revoke, shutdown)."""
-        batch = self._batcher.flush()
-        if batch is not None:
+        while (batch := self._batcher.flush()) is not None:
             self._submit(batch)
 
     def wait_for(self, partitions: Sequence[PartitionOffsets], timeout: float) -> bool:

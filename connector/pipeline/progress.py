@@ -60,7 +60,9 @@ class Reporter:
             current = getattr(getattr(sender, "sessions", None), "session", None)
             if current is not None:
                 session = SessionSnapshot(current.id, current.expires_at)
-        return Snapshot(self._partition_view, stats, session, buffered=self._buffered)
+        per_context = getattr(sender, "context_stats", None)
+        contexts = per_context() if per_context is not None else None
+        return Snapshot(self._partition_view, stats, session, buffered=self._buffered, contexts=contexts)
 
     def lag(self, consumer: Any) -> int | None:
         """Records behind the log end over owned partitions (librdkafka's cached watermarks)."""

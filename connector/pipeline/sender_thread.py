@@ -12,8 +12,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from connector.errors import FatalError
 from connector.pipeline.batching import Batch
@@ -25,6 +25,7 @@ log = logging.getLogger("kafka_stripe.pipeline")
 
 THREAD_NAME = "kafka-stripe-sender"  # benchmarks find the thread by this name to read its CPU time
 
+T = TypeVar("T")
 OnBackoff = Callable[[str], None]  # the sender's back-off signal: called with the reason on its thread
 
 
@@ -32,7 +33,10 @@ class BatchSender(Protocol):
     """The Stripe side as the pipeline sees it (``connector.stripe.sender.MeterEventSender``)."""
 
     async def send(
-        self, events: Sequence[MeterEvent], origins: Sequence[Origin] | None = None
+        self,
+        events: Sequence[MeterEvent],
+        origins: Sequence[Origin] | None = None,
+        context: str | None = None,
     ) -> BatchResult: ...
 
     def stats(self) -> SenderStats: ...
@@ -76,7 +80,9 @@ class SenderThread:
         self._on_backoff = on_backoff
         self._observe_send = observe_send
         self._max_in_flight = max_in_flight
-        self._gate: asyncio.Semaphore | None = None
+        # The in-flight cap, one per Stripe context: a throttled account's batches waiting in its sender
+        # must not take the slots of the others.
+        self._gates: dict[str | None, asyncio.Semaphore] = {}
         self._loop = loop_factory()
         self._ready = threading.Event()
         self._sender: BatchSender | None = None
@@ -94,7 +100,6 @@ class SenderThread:
         asyncio.set_event_loop(self._loop)
         try:
             self._sender = self._factory(self._on_backoff)
-            self._gate = asyncio.Semaphore(self._max_in_flight)
         except BaseException as exc:  # reported to the starting thread
             self._error = exc
             self._ready.set()
@@ -105,11 +110,13 @@ class SenderThread:
     def submit(self, batch: Batch, done: Done) -> None:
         """Send ``batch``; ``done(batch, result)`` is called on the sender thread when it is over."""
         sender = self._sender
-        gate = self._gate
-        assert sender is not None and gate is not None
+        assert sender is not None
 
         async def send() -> None:
             result: BatchResult | Failed
+            gate = self._gates.get(batch.context)
+            if gate is None:  # made on the sender's loop, which the semaphore belongs to
+                gate = self._gates[batch.context] = asyncio.Semaphore(self._max_in_flight)
             try:
                 async with gate:
                     if all(offsets.released for offsets in batch.partitions):
@@ -117,7 +124,7 @@ class SenderThread:
                     else:
                         started = time.monotonic()
                         origins = None if self._namespace_of is None else batch.origins(self._namespace_of)
-                        result = await sender.send(batch.events, origins)
+                        result = await sender.send(batch.events, origins, batch.context)
                         self._observe_send(time.monotonic() - started)
             except FatalError as exc:
                 result = Failed(str(exc), fatal=exc)
@@ -129,6 +136,25 @@ class SenderThread:
         # Not run_coroutine_threadsafe: nobody waits for a result here (done() hands it over), so the
         # thread-safe future it chains to every batch would be pure overhead on the sender's thread.
         self._loop.call_soon_threadsafe(self._start, send)
+
+    def call(self, work: Callable[[BatchSender], Awaitable[T]], done: Callable[[T | Failed], None]) -> None:
+        """Run ``work(sender)`` on the sender's loop (a correction); ``done`` gets its result, or
+        ``Failed`` when it raised, on the sender thread."""
+        sender = self._sender
+        assert sender is not None
+
+        async def run() -> None:
+            result: T | Failed
+            try:
+                result = await work(sender)
+            except FatalError as exc:
+                result = Failed(str(exc), fatal=exc)
+            except Exception as exc:  # a bug must not lose the record: it stays undone and is retried
+                log.exception("correction failed unexpectedly")
+                result = Failed(f"{type(exc).__name__}: {exc}")
+            done(result)
+
+        self._loop.call_soon_threadsafe(self._start, run)
 
     def _start(self, send: Callable[[], Coroutine[Any, Any, None]]) -> None:
         task = self._loop.create_task(send())

@@ -161,15 +161,18 @@ class ErrorReportWorker:
         writer = ReportWriter(
             store, DeadLetterQueue(producer), consumer_factory=self._consumer_factory, consumer_config=reader
         )
-        mappers = {t.name: Mapper(t, self._schema_lookup) for t in settings.topics}
-        configured = {t.name: t.namespace for t in settings.topics}
+        # Usage topics only: a correction's replacement is located by its corrections record, which no
+        # usage mapper reads; its samples are counted as unmapped.
+        usage = [t for t in settings.topics if t.kind == "usage"]
+        mappers = {t.name: Mapper(t, self._schema_lookup) for t in usage}
+        configured = {t.name: t.namespace for t in usage}
 
         def current() -> Mapping[str, str]:
             found = topic_ids(admin, [t for t, ns in configured.items() if ns is None])
             return namespaces(configured, found)
 
         source = RecordSource(
-            settings.topics, mappers, current, consumer_factory=self._consumer_factory, consumer_config=reader
+            usage, mappers, current, consumer_factory=self._consumer_factory, consumer_config=reader
         )
         election = Election(
             self._consumer_factory(election_config(settings.consumer_config(), self.key.group)), ledger

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -80,6 +80,8 @@ class _Collector:
         yield from self._partitions(view)
         if snap.sender is not None:
             yield from self._sender(snap.sender)
+        if snap.contexts is not None:
+            yield from self._contexts(snap.contexts)
         session = snap.session
         if session is not None:
             created = session.created_at if session.created_at is not None else t._history.session_seen
@@ -120,6 +122,24 @@ class _Collector:
         for meter in snap.meters:
             active.add_metric((meter.topic, meter.event_name), 0 if meter.problem else 1)
         yield active
+
+    def _contexts(self, contexts: Mapping[str, SenderStats]) -> Iterator[Metric]:
+        """The sender's counters per Stripe context (labels bounded: ``stripe.contexts``)."""
+        events = CounterMetricFamily(
+            f"{PREFIX}_context_events",
+            "Meter events by Stripe context and outcome (delivered, rejected, undelivered).",
+            labels=("context", "outcome"),
+        )
+        limited = CounterMetricFamily(
+            f"{PREFIX}_context_rate_limited", "429 answers by Stripe context.", labels=("context",)
+        )
+        for label, stats in contexts.items():
+            events.add_metric((label, "delivered"), stats.events_delivered)
+            events.add_metric((label, "rejected"), stats.events_rejected)
+            events.add_metric((label, "undelivered"), stats.events_undelivered)
+            limited.add_metric((label,), stats.rate_limited)
+        yield events
+        yield limited
 
     def _sender(self, stats: SenderStats) -> Iterator[Metric]:
         yield _gauge("batches_in_flight", "Batches the sender is working on.", stats.batches_in_flight)
@@ -234,6 +254,13 @@ class Telemetry:
 
     def _register_validation(self, registry: CollectorRegistry) -> None:
         """Counters of the checks against Stripe's live state and of its asynchronous error reports."""
+        self._corrections = Counter(
+            f"{PREFIX}_corrections",
+            "Corrections applied, by action (cancelled, replaced, compensated, unchanged); refused ones are "
+            "dead-lettered and counted there.",
+            labelnames=("action",),
+            registry=registry,
+        )
         self._async_errors = Counter(
             f"{PREFIX}_stripe_async_errors",
             "Errors Stripe reported after accepting events (error reports' error_count), by code.",
@@ -334,6 +361,10 @@ class Telemetry:
     def customer_lookup(self, result: str) -> None:
         """One customer lookup ended: ``found``, ``not_found`` or ``error``."""
         self._customer_lookups.labels(result).inc()
+
+    def correction(self, action: str) -> None:
+        """A correction was applied: ``cancelled``, ``replaced``, ``compensated`` or ``unchanged``."""
+        self._corrections.labels(action).inc()
 
     def meter_refresh(self, result: str) -> None:
         """One read of the meters ended: ``ok`` or ``error``."""

@@ -16,15 +16,14 @@ from confluent_kafka.admin import AdminClient
 
 from connector.avro.decoder import registry_lookup
 from connector.config.settings import Settings
-from connector.mapping.mapper import Mapper
-from connector.pipeline.identity import Identity
+from connector.pipeline.identity import Identity, UsesNamespace
 from connector.pipeline.loop import Pipeline
 from connector.pipeline.sender_thread import BatchSender, OnBackoff
 from connector.pipeline.stripe_watch import watch_for
 from connector.reports.worker import ErrorReportWorker
 from connector.runtime.logging import configure_logging
 from connector.runtime.metrics import Telemetry
-from connector.stripe.sender import MeterEventSender
+from connector.stripe.contexts import ContextSenders
 from connector.stripe.v1 import StripeClient
 
 log = logging.getLogger("kafka_stripe.pipeline")
@@ -53,10 +52,12 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
     configure_logging(settings, worker)
 
     def sender(on_backoff: OnBackoff) -> BatchSender:
-        return MeterEventSender.from_settings(settings.stripe, settings.sender, on_backoff=on_backoff)
+        contexts = [t.stripe_context for t in settings.topics if t.stripe_context]
+        return ContextSenders(settings.stripe, settings.sender, on_backoff=on_backoff, labelled=contexts)
 
     telemetry = Telemetry.from_settings(settings, None, worker=worker)
-    def identity(mappers: Mapping[str, Mapper]) -> Identity:
+
+    def identity(mappers: Mapping[str, UsesNamespace]) -> Identity:
         return Identity(
             settings,
             mappers,

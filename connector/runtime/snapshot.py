@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -43,3 +43,5 @@ class Snapshot(NamedTuple):
     buffered: int | None = None  # records consumed and not yet done
     meters: Sequence[MeterSnapshot] = ()  # empty until the meters were read
     customers_waiting: int | None = None  # records held until Stripe knows their customer
+    # Per Stripe context label ("platform", an account id, or "other" past the label bound).
+    contexts: Mapping[str, SenderStats] | None = None

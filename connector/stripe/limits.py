@@ -12,6 +12,9 @@ MIN_API_VERSION_DATE = dt.date(2024, 9, 30)
 
 STREAM_PATH = "/v2/billing/meter_event_stream"
 SESSION_PATH = "/v2/billing/meter_event_session"
+ADJUSTMENTS_PATH = "/v2/billing/meter_event_adjustments"
+IDEMPOTENCY_KEY = "Idempotency-Key"  # the header Stripe deduplicates POSTs by
+CANCEL_WINDOW_SECONDS = 24 * 3600  # an event can be cancelled within 24 hours of Stripe receiving it
 MAX_EVENTS_PER_REQUEST = 100  # meter_event_stream takes 1 to 100 events per request
 MAX_LIST_PAGE = 100  # the largest page a v1 list returns (``limit``)
 MAX_IDENTIFIER_LENGTH = 100  # an event's identifier, and a meter's event_name

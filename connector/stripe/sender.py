@@ -24,6 +24,7 @@ from connector.stripe.limits import (
     DEFAULT_API_BASE,
     DEFAULT_API_VERSION,
     DEFAULT_METER_EVENTS_BASE,
+    IDEMPOTENCY_KEY,
     LIVE_RATE_LIMIT_RPS,
     MAX_EVENTS_PER_REQUEST,
     STREAM_PATH,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_KEY = "Idempotency-Key"
 
 # Called with the reason each time the sender starts a back-off wait: the pipeline's signal to slow down.
 OnBackoff = Callable[[BackoffReason], None]
@@ -198,10 +198,14 @@ class MeterEventSender:
     # -- public ---------------------------------------------------------------------------------
 
     async def send(
-        self, events: Sequence[MeterEvent], origins: Sequence[Origin] | None = None
+        self,
+        events: Sequence[MeterEvent],
+        origins: Sequence[Origin] | None = None,
+        context: str | None = None,
     ) -> BatchResult:
         """Deliver one batch; never reports an event delivered unless Stripe answered 2xx for it.
 
+        ``context`` must be the sessions' context (``connector.stripe.contexts`` routes between them).
         ``origins[i]`` is where ``events[i]``'s record came from: every request then carries an
         ``Idempotency-Key`` naming its records (``request_keys``), which Stripe's error reports quote.
 
@@ -209,6 +213,8 @@ class MeterEventSender:
         ``ValueError`` for a batch that is empty or larger than 100 events.
         """
         size = len(events)
+        if context != self.sessions.context:  # one sender speaks for one account (stripe.contexts)
+            raise ValueError(f"this sender sends in context {self.sessions.context}, not {context}")
         if not 0 < size <= MAX_EVENTS_PER_REQUEST:
             raise ValueError(f"a batch holds 1 to {MAX_EVENTS_PER_REQUEST} events, got {size}")
         if self._closed:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from connector.config.secrets import Redactor, Secret
-from connector.errors import FatalError, RetryableError
+from connector.errors import ConnectorError, FatalError, RetryableError
 from connector.stripe.http import HttpClient, TransportError
 from connector.stripe.limits import DEFAULT_API_BASE, DEFAULT_API_VERSION, SESSION_PATH, key_mode, key_prefix
 from connector.stripe.outcomes import Action, classify
@@ -33,6 +33,16 @@ class SessionUnavailable(RetryableError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class ContextRefused(ConnectorError):
+    """Stripe refused to create a session in a context: the key cannot act in that account. Per
+    context, not fatal: that context's events are dead-lettered with Stripe's reason."""
+
+    def __init__(self, context: str, reason: str) -> None:
+        self.context = context
+        self.reason = reason
+        super().__init__(f"Stripe refused the context {context}: {reason}")
 
 
 class Session:
@@ -101,9 +111,13 @@ class SessionManager:
         renew_margin_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        context: str | None = None,
     ) -> None:
         key = api_key.reveal() if isinstance(api_key, Secret) else api_key
         self._http = http
+        # Sessions for a connected account are created in its context (``Stripe-Context``, as
+        # stripe-python sends its ``stripe_context`` option); the token then speaks for that account.
+        self.context = context
         self._api_key = Secret(key, hint=key_prefix(key))  # masked in every repr
         self._masked_key = self._api_key.masked()  # sk_live_**********: the key's type and mode only
         self._redact = Redactor([key])
@@ -197,6 +211,9 @@ class SessionManager:
                 f"creating a meter event session failed ({where}): {message}", outcome.retry_after
             )
         if outcome.action is not Action.DELIVERED:
+            if self.context is not None and outcome.status in (400, 403, 404):
+                # The key works (401 would say otherwise) but cannot act in this context.
+                raise ContextRefused(self.context, f"{where}: {message}")
             if outcome.status in (401, 403):
                 raise FatalError(
                     f"Stripe rejected the API key {self._masked_key} ({self.mode} mode) when creating a "
@@ -251,11 +268,14 @@ class SessionManager:
         self._session = None
 
     def _key_headers(self) -> dict[str, str]:
-        return {
+        headers = {
             "Authorization": f"Bearer {self._api_key.reveal()}",
             "Content-Type": "application/json",
             "Stripe-Version": self.api_version,
         }
+        if self.context is not None:
+            headers["Stripe-Context"] = self.context
+        return headers
 
     def __repr__(self) -> str:
         return (

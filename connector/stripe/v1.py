@@ -191,6 +191,7 @@ def encode_form(params: Mapping[str, FormValue]) -> list[tuple[str, str]]:
 class StripeClient:
     """Synchronous v1 calls with the secret key. Use as a context manager, or call ``close()``.
 
+    ``context`` makes every call in that Stripe context (a connected account).
     ``transport`` is a seam for tests (any ``httpx.BaseTransport``); ``sleep`` is the wait between
     retries of a GET (``max_retries`` of them, 0 to disable); ``wall_clock`` (unix seconds) reads
     ``Retry-After`` dates.
@@ -207,6 +208,7 @@ class StripeClient:
         max_retries: int = 2,
         sleep: Callable[[float], None] = time.sleep,
         wall_clock: Callable[[], float] = time.time,
+        context: str | None = None,
     ) -> None:
         key = api_key.reveal() if isinstance(api_key, Secret) else api_key
         self._clean = Redactor([key])
@@ -219,6 +221,11 @@ class StripeClient:
         headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
         if api_version:
             headers["Stripe-Version"] = api_version
+        # A connected account's data: ``Stripe-Context`` as stripe-python sends its ``stripe_context``
+        # option on v1 calls too (it also takes a context path, which ``Stripe-Account`` cannot).
+        self.context = context
+        if context is not None:
+            headers["Stripe-Context"] = context
         # httpx advertises the encodings it can decode (gzip, deflate, and br/zstd when their packages
         # are installed) and decodes the answer itself: ``response.json()`` reads the decoded body.
         self._http = httpx.Client(

@@ -163,6 +163,7 @@ def full_snapshot() -> Snapshot:
         buffered=50,
         meters=(MeterSnapshot("usage", "api_requests"), MeterSnapshot("clicks", "clicks", "no active meter")),
         customers_waiting=3,
+        contexts={"platform": SenderStats(**dict.fromkeys(SenderStats._fields, 2))},
     )
 
 
@@ -176,6 +177,7 @@ PUSHES: dict[str, Callable[[Telemetry], object]] = {
     "async_errors": lambda t: t.async_errors("archived_meter", 2),
     "async_samples": lambda t: t.async_samples("unmapped"),
     "customer_lookup": lambda t: t.customer_lookup("found"),
+    "correction": lambda t: t.correction("replaced"),
     "meter_refresh": lambda t: t.meter_refresh("ok"),
     "paused": lambda t: t.paused(1),
 }

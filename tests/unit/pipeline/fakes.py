@@ -135,7 +135,9 @@ class Sender:
         self.closed = False
         self.on_backoff: Callable[[str], None] | None = None
 
-    async def send(self, events: Sequence[MeterEvent], origins: object = None) -> BatchResult:
+    async def send(
+        self, events: Sequence[MeterEvent], origins: object = None, context: str | None = None
+    ) -> BatchResult:
         self.sent.append(len(events))
         if self.gate is not None:
             await self.gate.wait()

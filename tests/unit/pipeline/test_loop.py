@@ -110,7 +110,9 @@ def test_a_dead_letter_failure_while_draining_is_fatal_too() -> None:
 
 def test_a_fatal_error_from_the_sender_stops_the_run_and_still_commits_the_done_prefix() -> None:
     class Revoked(Sender):
-        async def send(self, events: Sequence[MeterEvent], origins: object = None) -> BatchResult:
+        async def send(
+            self, events: Sequence[MeterEvent], origins: object = None, context: str | None = None
+        ) -> BatchResult:
             self.sent.append(len(events))
             if len(self.sent) > 1:
                 raise FatalError("Stripe refused the API key (401)")
@@ -138,7 +140,9 @@ def test_the_senders_backoff_signal_pauses_the_partitions() -> None:
     box: list[Pipeline] = []
 
     class Throttled(Sender):
-        async def send(self, events: Sequence[MeterEvent], origins: object = None) -> BatchResult:
+        async def send(
+            self, events: Sequence[MeterEvent], origins: object = None, context: str | None = None
+        ) -> BatchResult:
             assert self.on_backoff is not None
             self.on_backoff("rate_limited")  # as MeterEventSender does when a 429 wait starts
             return await super().send(events)
