@@ -81,7 +81,9 @@ class CorrectionMapper:
                 f"event_name: {event_name!r}, but this topic corrects {settings.event_name!r} only",
                 code="wrong_event_name",
             )
-        millis = parse_time(record.get("timestamp"), "timestamp")
+        raw = record.get("timestamp")
+        # The decoder hands timestamp-millis over as the long itself (as the usage mapper reads it).
+        millis = raw if type(raw) is int else parse_time(raw, "timestamp")
         past, future = settings.max_past_seconds * 1000, settings.max_future_seconds * 1000
         if not now_ms - past <= millis <= now_ms + future:
             raise out_of_range(

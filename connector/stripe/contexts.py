@@ -52,6 +52,7 @@ class ContextSenders:
         http: HttpClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         labelled: Sequence[str] = (),
+        v1_factory: Callable[[str | None], StripeClient] | None = None,
     ) -> None:
         self._stripe = stripe
         self._settings = sender
@@ -64,6 +65,8 @@ class ContextSenders:
         )
         self._http = http or AiohttpClient(timeouts=timeouts, max_connections=sender.max_in_flight + 8)
         self._clock = clock
+        # The v1 client of a context (meter reads for corrections); a seam for tests.
+        self._v1 = v1_factory or (lambda context: StripeClient.from_settings(stripe, sender, context=context))
         self._senders: dict[str | None, MeterEventSender] = {}
         self._adjusters: dict[str | None, Adjuster] = {}
         self._formulas: dict[tuple[str | None, str], tuple[float, str | None]] = {}
@@ -162,7 +165,7 @@ class ContextSenders:
             return cached[1]
 
         def read() -> str | None:
-            with StripeClient.from_settings(self._stripe, self._settings, context=context) as client:
+            with self._v1(context) as client:
                 meter = client.active_meter(event_name)
             return None if meter is None else meter.formula
 

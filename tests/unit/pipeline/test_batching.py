@@ -112,3 +112,27 @@ def test_origins_name_each_event_s_namespace_partition_and_offset() -> None:
         ("NS-other", 3, 11),
         ("NS-usage", 0, 12),
     ]
+
+
+PARTITION = PartitionOffsets("usage", 0)
+
+
+def in_context(offset: int, context: str | None) -> Item:
+    event = MeterEvent(f"id-{offset}", "api", "2026-11-18T00:00:00.000Z", {}, context)
+    return Item(event, Message(topic="usage", partition=0, offset=offset, value=b"x"), PARTITION)
+
+
+def test_a_batch_never_mixes_contexts_and_each_context_fills_its_own() -> None:
+    batcher = Batcher(max_events=2, linger_s=1.0)
+    assert batcher.add(in_context(0, "acct_a"), 0.0) is None
+    assert batcher.add(in_context(1, None), 0.0) is None
+    assert batcher.add(in_context(2, "acct_b"), 0.0) is None
+    full = batcher.add(in_context(3, "acct_a"), 0.5)
+    assert full is not None and full.context == "acct_a"
+    assert [i.message.offset() for i in full.items] == [0, 3]
+    assert len(batcher) == 2 and batcher.deadline() == 1.0
+    due = []
+    while (batch := batcher.due(1.0)) is not None:
+        due.append(batch)
+    assert sorted((b.context or "", len(b)) for b in due) == [("", 1), ("acct_b", 1)]
+    assert batcher.deadline() is None and batcher.flush() is None and len(batcher) == 0

@@ -1,0 +1,78 @@
+"""Settings for contexts and corrections topics: defaults, every problem listed, the correction schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from connector.config.environment import load_settings
+from connector.config.settings import DEFAULT_CORRECTION_SCHEMA
+from tests.unit.config.test_settings import API_KEY, DEFAULT_FIELDS, problems_of, write_schema
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    fields = [*DEFAULT_FIELDS, {"name": "tenant", "type": ["null", "string"], "default": None}]
+    return {
+        "STRIPE_API_KEY": API_KEY,
+        "KAFKA_BOOTSTRAP_SERVERS": "localhost:9092",
+        "CONNECTOR_TOPICS": "usage,fixes",
+        "TOPIC_USAGE_EVENT_NAME": "api_requests",
+        "TOPIC_USAGE_SCHEMA": str(write_schema(tmp_path, fields)),
+        "TOPIC_FIXES_KIND": "corrections",
+    }
+
+
+def test_a_corrections_topic_needs_no_event_name_and_reads_the_correction_schema(env: dict[str, str]) -> None:
+    settings = load_settings(env)
+    usage, fixes = settings.topics
+    assert (usage.kind, fixes.kind) == ("usage", "corrections")
+    assert fixes.schema_path == DEFAULT_CORRECTION_SCHEMA and fixes.event_name == ""
+    assert fixes.dlq_topic == "fixes.dlq" and usage.on_platform and fixes.on_platform
+
+
+def test_contexts_static_and_from_a_field(env: dict[str, str]) -> None:
+    env |= {"TOPIC_USAGE_STRIPE_CONTEXT": "acct_1Abc/acct_2Def", "TOPIC_USAGE_CONTEXT_FIELD": "tenant"}
+    usage = load_settings(env).topics[0]
+    assert (usage.stripe_context, usage.context_field, usage.on_platform) == (
+        "acct_1Abc/acct_2Def",
+        "tenant",
+        False,
+    )
+
+
+def test_every_context_and_corrections_problem_is_listed(env: dict[str, str], tmp_path: Path) -> None:
+    broken = write_schema(tmp_path, [{"name": "event_name", "type": "int"}], name="broken.avsc")
+    env |= {
+        "TOPIC_USAGE_STRIPE_CONTEXT": "cus_123",
+        "TOPIC_USAGE_CONTEXT_FIELD": "missing_field",
+        "TOPIC_FIXES_CUSTOMER_FIELD": "who",
+        "TOPIC_FIXES_SCHEMA": str(broken),
+        "TOPIC_FIXES_KIND": "corrections",
+    }
+    found = "\n".join(problems_of(env))
+    assert "TOPIC_USAGE_STRIPE_CONTEXT: 'cus_123' is not a Stripe context" in found
+    assert "TOPIC_USAGE_CONTEXT_FIELD: 'missing_field' is not a field" in found
+    assert "TOPIC_FIXES_CUSTOMER_FIELD does not apply to a corrections topic" in found
+    assert "'event_name' must be a string (not nullable)" in found
+    assert "'original_partition' is not a field" in found
+    env["TOPIC_FIXES_KIND"] = "refunds"
+    assert "TOPIC_FIXES_KIND must be one of usage, corrections" in "\n".join(problems_of(env))
+
+
+def test_a_context_field_must_be_a_string(env: dict[str, str], tmp_path: Path) -> None:
+    fields = [*DEFAULT_FIELDS, {"name": "tenant", "type": "long"}]
+    env |= {
+        "TOPIC_USAGE_SCHEMA": str(write_schema(tmp_path, fields, "long.avsc")),
+        "TOPIC_USAGE_CONTEXT_FIELD": "tenant",
+    }
+    assert any("'tenant' must be a string" in p for p in problems_of(env))
+
+
+def test_the_bundled_correction_schema_has_every_field_the_mapper_reads() -> None:
+    names = {f["name"] for f in json.loads(DEFAULT_CORRECTION_SCHEMA.read_text())["fields"]}
+    from connector.config.corrections import COORDINATE_FIELDS, CORRECTION_FIELDS
+
+    assert {name for name, _role, _required in CORRECTION_FIELDS} | set(COORDINATE_FIELDS) <= names
