@@ -111,18 +111,18 @@ class _Sending:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sender: Any = None
 
-    def send(self, events: list[Any]) -> Any:
-        """The sender's result for one batch; ``FatalError`` when the sender cannot go on."""
+    def send(self, events: list[Any], context: str | None = None) -> Any:
+        """The sender's result for one batch (all in ``context``); ``FatalError`` when it cannot go on."""
         if self._sender is None:
             self._sender = self._run(self._make())
-        return self._run(self._sender.send(events))
+        return self._run(self._sender.send(events, None, context))
 
     async def _make(self) -> Any:
         if self.factory is not None:
             return self.factory()
-        from connector.stripe.sender import MeterEventSender
+        from connector.stripe.contexts import ContextSenders
 
-        return MeterEventSender.from_settings(self.settings.stripe, self.settings.sender)
+        return ContextSenders(self.settings.stripe, self.settings.sender)
 
     def _run(self, coroutine: Any) -> Any:
         if self._loop is None:
@@ -250,6 +250,13 @@ class Replay:
                 f"topic {record.topic!r} is not in CONNECTOR_TOPICS: configure it (its event name, schema) "
                 "to replay its records",
             )
+        if self.settings.topic(record.topic).kind == "corrections":
+            return Outcome(
+                dead_letter,
+                "still failing",
+                "a correction: fix what its code says, then produce the record again to its corrections "
+                "topic (dlq replay re-sends usage; the connector applies corrections)",
+            )
         now_ms = int(self.clock() * 1000)
         mapper = self._mapper(record.topic)
         # The namespace the first attempt used (a topic re-created since has another id).
@@ -272,6 +279,9 @@ class Replay:
             outcome.warnings.append(warning)
         if self.dry_run:
             return outcome
+        pending = self._pending
+        if pending and pending[-1].event is not None and pending[-1].event.context != event.context:
+            self._flush()  # a request speaks for one Stripe account
         self._pending.append(outcome)
         return None
 
@@ -303,7 +313,8 @@ class Replay:
         result = None
         if self.fatal is None:  # once the sender stopped, nothing more is sent in this run
             try:
-                result = self._sending.send([o.event for o in batch if o.event is not None])
+                events = [o.event for o in batch if o.event is not None]
+                result = self._sending.send(events, events[0].context if events else None)
             except FatalError as exc:
                 self.fatal = self.redact(str(exc))
         if result is None:
