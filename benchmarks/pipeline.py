@@ -3,8 +3,9 @@
 ``Pipeline`` runs as in ``kafka-stripe run`` (interpreter tuning, batching, offsets, completions), fed by
 a stand-in consumer that hands out real ``confluent_kafka.Message`` objects built before the clock starts
 (default-schema Avro values from ``benchmarks/mapping.py``'s realistic records, 8 partitions). The sender
-is the real ``MeterEventSender`` against ``kafka-stripe emulator --latency-ms N`` in a child process, or,
-with ``--latency-ms -1``, an instant stand-in that accepts every batch (the consumer thread alone).
+is the real sender (``ContextSenders`` → ``MeterEventSender``) against ``kafka-stripe emulator --latency-ms
+N`` in a child process, or, with ``--latency-ms -1``, an instant stand-in that accepts every batch (the
+consumer thread alone).
 
     python -m benchmarks.pipeline [--records 300000] [--latency-ms 50] [--repeat 3]
 
@@ -38,8 +39,8 @@ from connector.pipeline.loop import Pipeline
 from connector.pipeline.sender_thread import THREAD_NAME as SENDER_THREAD
 from connector.records import MeterEvent
 from connector.runtime.process import new_event_loop, tune_interpreter
+from connector.stripe.contexts import ContextSenders
 from connector.stripe.results import BatchResult, SenderStats
-from connector.stripe.sender import MeterEventSender
 from tests.support.harness import SCHEMA, connector_env
 
 TOPIC = "usage"
@@ -124,7 +125,9 @@ class StandInProducer:
 class InstantSender:
     """Accepts every batch at once: what is left is the consumer thread's own cost."""
 
-    async def send(self, events: Sequence[MeterEvent], origins: object = None) -> BatchResult:
+    async def send(
+        self, events: Sequence[MeterEvent], origins: object = None, context: str | None = None
+    ) -> BatchResult:
         return BatchResult(len(events))
 
     def stats(self) -> SenderStats:
@@ -169,7 +172,8 @@ def run_once(messages: list[Any], url: str | None) -> dict[str, float]:
     def sender(on_backoff: Any) -> Any:
         if url is None:
             return InstantSender()
-        return MeterEventSender.from_settings(settings.stripe, settings.sender, on_backoff=on_backoff)
+        # As ``kafka-stripe run`` builds it: one sender per Stripe context (here only the platform's).
+        return ContextSenders(settings.stripe, settings.sender, on_backoff=on_backoff)
 
     pipeline = Pipeline(
         settings,
