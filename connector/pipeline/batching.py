@@ -58,9 +58,10 @@ class Batch:
 class _Open:
     """One context's open batch."""
 
-    __slots__ = ("items", "opened_at", "partitions")
+    __slots__ = ("context", "items", "opened_at", "partitions")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, context: str | None, now: float) -> None:
+        self.context = context
         self.items: list[Item] = []
         self.opened_at = now
         self.partitions: list[PartitionOffsets] = []  # its partition epochs, the latest last
@@ -76,14 +77,19 @@ class Batcher:
         self.max_events = max_events
         self.linger_s = linger_s
         self._open: dict[str | None, _Open] = {}
-        self._size = 0
+        # The open batch the last event joined: records come in runs of one context (nearly always the
+        # platform's), so most events find their batch with one identity compare, no dict lookup.
+        self._current: _Open | None = None
 
     def add(self, item: Item, now: float) -> Batch | None:
         """Add an event; returns the batch this event filled, or the one it could not join."""
         context = item.event.context
-        current = self._open.get(context)
-        if current is None:
-            current = self._open[context] = _Open(now)
+        current = self._current
+        if current is None or current.context is not context:
+            current = self._open.get(context)
+            if current is None:
+                current = self._open[context] = _Open(context, now)
+            self._current = current
         closed = None
         offsets = item.offsets
         partitions = current.partitions
@@ -91,14 +97,13 @@ class Batcher:
             if not any(p is offsets for p in partitions):
                 if len(partitions) >= MAX_PARTITIONS_PER_REQUEST:
                     closed = self._close(context)
-                    current = self._open[context] = _Open(now)
+                    current = self._current = self._open[context] = _Open(context, now)
                     partitions = current.partitions
                 partitions.append(offsets)
             else:
                 partitions.remove(offsets)  # keep the most recent last: the check above stays one compare
                 partitions.append(offsets)
         current.items.append(item)
-        self._size += 1
         if len(current.items) >= self.max_events:
             # Not after a batch was just closed for its partitions: one item fills a batch only when
             # max_events is 1, and then no batch ever holds two partitions.
@@ -126,8 +131,9 @@ class Batcher:
 
     def _close(self, context: str | None) -> Batch:
         current = self._open.pop(context)
-        self._size -= len(current.items)
+        if current is self._current:
+            self._current = None
         return Batch(current.items, current.opened_at, context)
 
     def __len__(self) -> int:
-        return self._size
+        return sum(len(current.items) for current in self._open.values())
