@@ -193,9 +193,10 @@ class ContextSenders:
 
     def stats(self) -> SenderStats:
         """All contexts' counters added up (gauges too: they are totals over the senders)."""
+        # Read on the telemetry thread: never create a sender here, only read the ones there are.
         stats = [sender.stats() for sender in list(self._senders.values())]
         if not stats:
-            return self.sender_for(None).stats()
+            return SenderStats(*(0 for _ in SenderStats._fields))
         return SenderStats(*(sum(values) for values in zip(*stats, strict=True)))
 
     def context_stats(self) -> dict[str, SenderStats]:
