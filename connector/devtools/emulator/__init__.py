@@ -4,7 +4,8 @@ from connector.devtools.emulator.app import DroppedConnection, EmulatorApp, crea
 from connector.devtools.emulator.clock import ManualClock
 from connector.devtools.emulator.config import EmulatorConfig
 from connector.devtools.emulator.server import EmulatorProcess
-from connector.devtools.emulator.state import Account, EmulatorState
+from connector.devtools.emulator.state import EmulatorState
+from connector.devtools.emulator.tenant import Account, Tenant
 
 __all__ = [
     "Account",
@@ -14,5 +15,6 @@ __all__ = [
     "EmulatorProcess",
     "EmulatorState",
     "ManualClock",
+    "Tenant",
     "create_app",
 ]

@@ -15,15 +15,17 @@ from typing import Any
 import httpx
 import orjson
 
-from connector.devtools.emulator import handlers
+from connector.devtools.emulator import adjustments, controls, handlers
 from connector.devtools.emulator.clock import Clock, system_clock
 from connector.devtools.emulator.config import EmulatorConfig
 from connector.devtools.emulator.encoding import CONTENT_ENCODING, VARY, accepts_gzip, compress
-from connector.devtools.emulator.errors import ApiError
-from connector.devtools.emulator.handlers import Handler, Request
+from connector.devtools.emulator.errors import ApiError, error_body
+from connector.devtools.emulator.handlers import Handler, Replayed, Request
 from connector.devtools.emulator.idempotency import KeyHold
 from connector.devtools.emulator.intake import stream_intake
-from connector.devtools.emulator.state import EmulatorState
+from connector.devtools.emulator.state import EmulatorState, Tenant
+from connector.devtools.emulator.stats import Stats
+from connector.devtools.emulator.timestamps import http_date
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -31,7 +33,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 STREAM_PATH = "/v2/billing/meter_event_stream"
-DOC_URL = "https://docs.stripe.com/error-codes/"
 
 # Background validation: drain the queue in slices when no stream request came for IDLE_AFTER
 # seconds, or a smaller slice per tick when the backlog passes BACKLOG_LIMIT events (memory bound).
@@ -64,15 +65,16 @@ _Route = tuple[Handler, bool]  # handler, whether it needs a secret key
 
 def _routes() -> tuple[dict[tuple[str, str], _Route], list[tuple[str, re.Pattern[str], _Route]]]:
     h = handlers
+    c = controls
     exact: dict[tuple[str, str], _Route] = {
         ("POST", "/v2/billing/meter_event_session"): (h.create_session, True),
-        ("POST", "/v2/billing/meter_event_adjustments"): (h.create_adjustment_v2, True),
+        ("POST", "/v2/billing/meter_event_adjustments"): (adjustments.create_v2, True),
         ("GET", "/v2/core/events"): (h.list_events_v2, True),
         ("POST", "/v2/core/accounts"): (h.create_account_v2, True),
         ("POST", "/v1/billing/meters"): (h.create_meter, True),
         ("GET", "/v1/billing/meters"): (h.list_meters, True),
         ("POST", "/v1/billing/meter_events"): (h.create_meter_event, True),
-        ("POST", "/v1/billing/meter_event_adjustments"): (h.create_adjustment_v1, True),
+        ("POST", "/v1/billing/meter_event_adjustments"): (adjustments.create_v1, True),
         ("POST", "/v1/products"): (h.create_product, True),
         ("GET", "/v1/products"): (h.list_products, True),
         ("POST", "/v1/prices"): (h.create_price, True),
@@ -82,14 +84,16 @@ def _routes() -> tuple[dict[tuple[str, str], _Route], list[tuple[str, re.Pattern
         ("POST", "/v1/customers"): (h.create_customer, True),
         ("GET", "/v1/customers"): (h.list_customers, True),
         ("GET", "/v1/account"): (h.retrieve_current_account, True),
-        ("GET", "/_emulator/faults"): (h.get_faults, False),
-        ("POST", "/_emulator/faults"): (h.set_faults, False),
-        ("GET", "/_emulator/stats"): (h.get_stats, False),
-        ("POST", "/_emulator/reset"): (h.reset, False),
-        ("GET", "/_emulator/clock"): (h.get_clock, False),
-        ("POST", "/_emulator/clock"): (h.advance_clock, False),
-        ("GET", "/_emulator/health"): (h.health, False),
-        ("POST", "/_emulator/customers"): (h.add_customer, False),
+        ("GET", "/_emulator/faults"): (c.get_faults, False),
+        ("POST", "/_emulator/faults"): (c.set_faults, False),
+        ("GET", "/_emulator/stats"): (c.get_stats, False),
+        ("POST", "/_emulator/reset"): (c.reset, False),
+        ("GET", "/_emulator/clock"): (c.get_clock, False),
+        ("POST", "/_emulator/clock"): (c.advance_clock, False),
+        ("GET", "/_emulator/health"): (c.health, False),
+        ("POST", "/_emulator/customers"): (c.add_customer, False),
+        ("GET", "/_emulator/contexts"): (c.list_contexts, False),
+        ("POST", "/_emulator/contexts"): (c.add_contexts, False),
     }
     segment = r"([A-Za-z0-9_\-]+)"
     patterns = [
@@ -112,17 +116,31 @@ def _routes() -> tuple[dict[tuple[str, str], _Route], list[tuple[str, re.Pattern
     ]
 
 
-def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bytes | None]:
-    """The ``Authorization``, ``Idempotency-Key`` and ``Accept-Encoding`` values, in one pass."""
-    authorization = idempotency_key = accept = None
-    for name, value in headers:
-        if name == b"authorization":
-            authorization = value
-        elif name == b"idempotency-key":
-            idempotency_key = value
-        elif name == b"accept-encoding":
-            accept = value
-    return authorization, idempotency_key, accept
+class _Headers:
+    """The request headers the emulator reads, found in one pass."""
+
+    __slots__ = ("accept", "authorization", "idempotency_key", "stripe_account", "stripe_context")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.authorization = self.idempotency_key = self.accept = None
+        context = account = None
+        for name, value in headers:
+            if name == b"authorization":
+                self.authorization = value
+            elif name == b"idempotency-key":
+                self.idempotency_key = value
+            elif name == b"accept-encoding":
+                self.accept = value
+            elif name == b"stripe-context":
+                context = value
+            elif name == b"stripe-account":
+                account = value
+        self.stripe_context = None if context is None else context.decode("latin-1").strip()
+        self.stripe_account = None if account is None else account.decode("latin-1").strip()
+
+    @property
+    def contexts(self) -> tuple[str | None, str | None]:
+        return self.stripe_context, self.stripe_account
 
 
 def _bearer(authorization: bytes | None) -> str | None:
@@ -167,34 +185,6 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-def error_body(error: ApiError, v2: bool) -> bytes:
-    """Stripe's error envelope: v2 always has a code and no param; v1 always has every key."""
-    code = error.code
-    if v2:
-        code = code or "invalid_request"
-        return orjson.dumps(
-            {
-                "error": {
-                    "type": error.type,
-                    "code": code,
-                    "message": error.message,
-                    "doc_url": DOC_URL + code.replace("_", "-"),
-                }
-            }
-        )
-    return orjson.dumps(
-        {
-            "error": {
-                "type": error.type,
-                "code": code,
-                "message": error.message,
-                "param": error.param,
-                "doc_url": None if code is None else DOC_URL + code.replace("_", "-"),
-            }
-        }
-    )
-
-
 class EmulatorApp:
     """ASGI callable; ``state`` is the live ``EmulatorState`` (tests read and steer it directly)."""
 
@@ -218,16 +208,18 @@ class EmulatorApp:
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
-        authorization, idempotency_key, accept = _scan(scope["headers"])
-        token = _bearer(authorization)
+        headers = _Headers(scope["headers"])
+        token = _bearer(headers.authorization)
+        idempotency_key = headers.idempotency_key
         held: KeyHold | None = None
-        if state.faults.latency_ms:
-            state.stats.faults_injected["latency"] += 1
+        latency = state.stream_tenant(token).faults.latency_ms
+        if latency:
+            state.stream_tenant(token).stats.faults_injected["latency"] += 1
             # The latency stands for Stripe executing the request: a request with the same key that
             # arrives meanwhile gets Stripe's 409 (without latency, intake is atomic: no overlap).
             held = state.hold_key(token, idempotency_key)
             try:
-                await asyncio.sleep(state.faults.latency_ms / 1000)
+                await asyncio.sleep(latency / 1000)
                 body = await _read_body(receive)
             except BaseException:
                 if held is not None:
@@ -237,47 +229,59 @@ class EmulatorApp:
             body = await _read_body(receive)
         self._last_stream = time.monotonic()
         # Nothing below awaits until the response is sent: faults, auth and intake are atomic.
+        # Read after the awaits: a reset may have replaced the account.
+        tenant = state.stream_tenant(token)
         # Decided before intake: the request's events carry it to their error reports.
         request_id = b"req_%d" % next(_request_ids)
         error: ApiError | None = None
         replayed = False
         try:
-            replayed = stream_intake(state, token, idempotency_key, body, request_id, held)
+            replayed = stream_intake(
+                state, tenant, token, idempotency_key, body, request_id, held, headers.contexts
+            )
         except ApiError as caught:
             error = caught
         if held is not None:
             held.release()
         if error is not None:
-            await self._send_error(send, error, True, request_id, accept, stream=True)
+            await self._send_error(send, error, True, request_id, headers.accept, tenant, stream=True)
             return
-        faults = state.faults  # read after the awaits: a reset may have replaced it
+        await self._stream_ok(send, tenant, request_id, headers.accept, replayed)
+
+    async def _stream_ok(
+        self, send: Send, tenant: Tenant, request_id: bytes, accept: bytes | None, replayed: bool
+    ) -> None:
+        """The stream's 200, or the ``drop_rate`` fault's connection cut after its head."""
+        faults = tenant.faults
+        stats = tenant.stats
         if faults.compress:
-            headers, message = self._stream_ok(request_id, accept)
+            headers, message = self._stream_compressed(stats, request_id, accept)
         else:
             headers = [_JSON, _LENGTH_2, (b"request-id", request_id)]
             message = _OK_BODY
+        headers.append((b"date", http_date(self.state.clock())))
         if replayed:
             headers.append(_REPLAYED)
-            state.stats.idempotent_replays += 1
+            stats.idempotent_replays += 1
         if faults.drop_rate and faults.random.random() < faults.drop_rate:
             # Taken in (or replayed), then lost in transit: the client cannot tell, a retry must dedupe.
-            state.stats.stream_requests_dropped += 1
-            state.stats.faults_injected["dropped"] += 1
+            stats.stream_requests_dropped += 1
+            stats.faults_injected["dropped"] += 1
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             raise DroppedConnection("connection dropped by the emulator (drop_rate fault)")
-        by_status = state.stats.stream_requests_by_status
+        by_status = stats.stream_requests_by_status
         by_status[200] = by_status.get(200, 0) + 1
-        by_status = state.stats.requests_by_status
+        by_status = stats.requests_by_status
         by_status[200] = by_status.get(200, 0) + 1
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send(message)
 
-    def _stream_ok(
-        self, request_id: bytes, accept: bytes | None
+    def _stream_compressed(
+        self, stats: Stats, request_id: bytes, accept: bytes | None
     ) -> tuple[list[tuple[bytes, bytes]], Message]:
         """The stream's 200 when compression is on: gzipped if the client takes it, Vary either way."""
         if accepts_gzip(accept):
-            self.state.stats.responses_compressed += 1
+            stats.responses_compressed += 1
             return [_JSON, _GZIP_LENGTH, CONTENT_ENCODING, VARY, (b"request-id", request_id)], _OK_GZIP
         return [_JSON, _LENGTH_2, VARY, (b"request-id", request_id)], _OK_BODY
 
@@ -289,21 +293,29 @@ class EmulatorApp:
         controls = path.startswith("/_emulator/")
         v2 = path.startswith("/v2/") or controls
         state = self.state
-        if not controls and state.faults.latency_ms:
-            state.stats.faults_injected["latency"] += 1
-            await asyncio.sleep(state.faults.latency_ms / 1000)
+        headers = _Headers(scope["headers"])
+        if not controls:
+            latency_tenant = state.peek_tenant(*headers.contexts)
+            if latency_tenant.faults.latency_ms:
+                latency_tenant.stats.faults_injected["latency"] += 1
+                await asyncio.sleep(latency_tenant.faults.latency_ms / 1000)
         body = await _read_body(receive)
-        authorization, idempotency_key, accept = _scan(scope["headers"])
         request_id = b"req_%d" % next(_request_ids)
+        tenant = state.tenants[None]  # who counts the answer until the request names its account
         try:
             handler, needs_key, args = self._route(method, path)
             if state.pending_events and (needs_key or _wants_fresh_stats(path, scope)):
                 await self._drain()
             # From here to the response nothing awaits: the handler sees and changes the state
             # atomically with respect to every other request.
-            account = state.authenticate_key(_bearer(authorization)) if needs_key else None
+            tenant = state.peek_tenant(*headers.contexts) if needs_key else state.tenants[None]
+            account = None
+            if needs_key:
+                key = _bearer(headers.authorization)
+                tenant, account = state.authorize(key, *headers.contexts, v2=v2)
             request = Request(
                 state=state,
+                tenant=tenant,
                 account=account,
                 method=method,
                 path=path,
@@ -313,13 +325,19 @@ class EmulatorApp:
                 api_version=_header(scope["headers"], b"stripe-version"),
                 now=state.clock(),
                 request_id=request_id,
-                idempotency_key=idempotency_key,
+                idempotency_key=headers.idempotency_key,
             )
             status, payload = handler(request)
         except ApiError as error:
-            await self._send_error(send, error, v2, request_id, accept, control=controls)
+            await self._send_error(send, error, v2, request_id, headers.accept, tenant, control=controls)
             return
-        await self._send(send, status, orjson.dumps(payload), request_id, accept, control=controls)
+        extra = None
+        if isinstance(payload, Replayed):
+            encoded, extra = payload.body, [_REPLAYED]
+            tenant.stats.idempotent_replays += 1
+        else:
+            encoded = orjson.dumps(payload)
+        await self._send(send, status, encoded, request_id, headers.accept, tenant, extra, control=controls)
 
     async def _drain(self) -> None:
         """Validate what was queued before this request in slices, letting other requests run in
@@ -352,18 +370,21 @@ class EmulatorApp:
         body: bytes,
         request_id: bytes,
         accept: bytes | None,
+        tenant: Tenant,
         extra: list[tuple[bytes, bytes]] | None = None,
         *,
         control: bool = False,
         stream: bool = False,
     ) -> None:
-        """One JSON response. Control routes (``/_emulator/*``) are neither counted nor compressed."""
-        stats = self.state.stats
+        """One JSON response, counted and compressed by the account it was for. Control routes
+        (``/_emulator/*``) are neither counted nor compressed. Every answer carries Stripe's clock in
+        its ``Date`` header (uvicorn's own is off), so a client sees the emulated time."""
+        stats = tenant.stats
         headers = [_JSON]
         if not control:
             by_status = stats.requests_by_status
             by_status[status] = by_status.get(status, 0) + 1
-            if self.state.faults.compress:
+            if tenant.faults.compress:
                 headers.append(VARY)
                 if accepts_gzip(accept):
                     body = compress(body)
@@ -374,6 +395,7 @@ class EmulatorApp:
             by_status[status] = by_status.get(status, 0) + 1
         headers.append((b"content-length", str(len(body)).encode()))
         headers.append((b"request-id", request_id))
+        headers.append((b"date", http_date(self.state.clock())))
         if extra:
             headers.extend(extra)
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -386,13 +408,16 @@ class EmulatorApp:
         v2: bool,
         request_id: bytes,
         accept: bytes | None,
+        tenant: Tenant,
         *,
         control: bool = False,
         stream: bool = False,
     ) -> None:
         extra = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
         body = error_body(error, v2)
-        await self._send(send, error.status, body, request_id, accept, extra, control=control, stream=stream)
+        await self._send(
+            send, error.status, body, request_id, accept, tenant, extra, control=control, stream=stream
+        )
 
     # -- lifespan and background validation -------------------------------------------------------
 

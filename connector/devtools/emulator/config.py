@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from connector.devtools.emulator.contexts import ContextTree
+
 DEFAULT_SESSION_TTL = 900.0  # Stripe's meter event session tokens live 15 minutes.
 
 
@@ -38,6 +40,9 @@ class EmulatorConfig:
     # Stripe's own limits on the meter event endpoints when no rate_limit_rps is set: 25 requests/s
     # per test-mode account (the basic limit), 10,000/s on the live stream, 1,000/s on live v1 events.
     sandbox_limits: bool = False
+    # Connected accounts that exist from the start (``acct_…``, or a path ``acct_a/acct_b`` for an
+    # account of a connected account); more come with POST /_emulator/contexts, and resets keep them.
+    contexts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = check_settings(
@@ -55,8 +60,23 @@ class EmulatorConfig:
             problems.append("should_retry must be true, false or null")
         if self.api_key is not None and not is_secret_key(self.api_key):
             problems.append("api_key must start with sk_test_, sk_live_, rk_test_ or rk_live_")
+        problems += check_contexts(self.contexts)
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def check_contexts(values: object) -> list[str]:
+    """Problems with a list of contexts to create: malformed values, or values contradicting each other."""
+    if not isinstance(values, tuple | list) or not all(isinstance(value, str) for value in values):
+        return ["contexts must be a list of strings"]
+    tree = ContextTree(platform_id="")
+    problems: list[str] = []
+    for value in values:
+        try:
+            tree.add(value)
+        except ValueError as error:
+            problems.append(str(error))
+    return problems
 
 
 _FRACTIONS = ("error_rate", "rate_limited_rate", "drop_rate")

@@ -1,4 +1,4 @@
-"""Route handlers other than the stream: request parameters in, domain calls, JSON objects out."""
+"""Route handlers of Stripe's endpoints other than the stream and adjustments: parameters in, objects out."""
 # Over 400 lines: one small handler per emulated Stripe endpoint, side by side.
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import orjson
 
 from connector.devtools.emulator.accounts import check_include, create_account
 from connector.devtools.emulator.catalog import (
-    CUSTOMER_ID,
     INTERVALS,
     USAGE_TYPES,
     Customer,
@@ -22,25 +21,31 @@ from connector.devtools.emulator.catalog import (
     Recurring,
     normalise_amount,
 )
-from connector.devtools.emulator.clock import check_advance
 from connector.devtools.emulator.envelope import MAX_NAME_LENGTH
 from connector.devtools.emulator.errors import ApiError, invalid, no_such
 from connector.devtools.emulator.forms import FormError, decode
-from connector.devtools.emulator.ids import new_id
 from connector.devtools.emulator.meter import FORMULAS, WINDOW_SECONDS, Meter
 from connector.devtools.emulator.params import Params, list_object, paginate
-from connector.devtools.emulator.state import Account, EmulatorState
-from connector.devtools.emulator.timestamps import format_rfc3339, is_rfc3339, parse_rfc3339
+from connector.devtools.emulator.state import Account, EmulatorState, Tenant
+from connector.devtools.emulator.timestamps import is_rfc3339, parse_rfc3339
 
 # Every handler is synchronous: it runs between two awaits of the ASGI app, so each request's
 # read-modify-write of the state is atomic on the event loop.
 Result = tuple[int, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """A handler's answer replayed for its ``Idempotency-Key``: the stored body, sent as it was."""
+
+    body: bytes
+
+
 @dataclass(slots=True)
 class Request:
     state: EmulatorState
-    account: Account | None
+    tenant: Tenant  # the Stripe account the request acts in (the platform without a context)
+    account: Account | None  # that account's data in the key's mode; None on emulator controls
     method: str
     path: str
     args: tuple[str, ...]
@@ -89,46 +94,7 @@ def create_session(request: Request) -> Result:
     body = request.json(allow_empty=True)
     for key in body:
         raise ApiError(400, f"Received unknown parameter: {key}", code="parameter_unknown")
-    return 200, request.state.create_session(request.acct).to_json()
-
-
-def _v2_text(body: dict[str, Any], key: str, where: str = "") -> str:
-    value = body.get(key)
-    name = f"{where}{key}"
-    if value is None:
-        raise ApiError(400, f"Missing required param: {name}.", code="parameter_missing")
-    if not isinstance(value, str) or not value:
-        raise ApiError(400, f"{name} must be a non-empty string.", code="parameter_invalid")
-    return value
-
-
-def create_adjustment_v2(request: Request) -> Result:
-    body = request.json(allow_empty=False)
-    for key in body:
-        if key not in ("event_name", "type", "cancel"):
-            raise ApiError(400, f"Received unknown parameter: {key}", code="parameter_unknown")
-    event_name = _v2_text(body, "event_name")
-    kind = _v2_text(body, "type")
-    if kind != "cancel":
-        raise ApiError(400, "type must be `cancel`.", code="parameter_invalid")
-    cancel = body.get("cancel")
-    if not isinstance(cancel, dict):
-        raise ApiError(400, "Missing required param: cancel.identifier.", code="parameter_missing")
-    for key in cancel:
-        if key != "identifier":
-            raise ApiError(400, f"Received unknown parameter: cancel.{key}", code="parameter_unknown")
-    identifier = _v2_text(cancel, "identifier", "cancel.")
-    request.acct.ledger.cancel(event_name, identifier, request.now)
-    return 200, {
-        "id": new_id("mtradj_"),
-        "object": "v2.billing.meter_event_adjustment",
-        "cancel": {"identifier": identifier},
-        "created": format_rfc3339(request.now),
-        "event_name": event_name,
-        "livemode": request.acct.livemode,
-        "status": "pending",
-        "type": "cancel",
-    }
+    return 200, request.state.create_session(request.tenant, request.acct).to_json()
 
 
 _TYPES_KEY = re.compile(r"types(?:\[\d*\])?\Z")
@@ -296,7 +262,7 @@ def meter_event_summaries(request: Request) -> Result:
 
 
 def create_meter_event(request: Request) -> Result:
-    request.state.check_mode_limit(request.acct.livemode, stream=False)
+    request.tenant.check_mode_limit(request.acct.livemode, stream=False)
     params = request.form()
     event_name = params.text("event_name", required=True, max_length=MAX_NAME_LENGTH)
     payload = params.string_map("payload", required=True)
@@ -322,26 +288,6 @@ def create_meter_event(request: Request) -> Result:
         "livemode": account.livemode,
         "payload": payload,
         "timestamp": int(request.now) if timestamp is None else timestamp,
-    }
-
-
-def create_adjustment_v1(request: Request) -> Result:
-    params = request.form()
-    event_name = params.text("event_name", required=True, max_length=MAX_NAME_LENGTH)
-    params.text("type", required=True, choices=("cancel",))
-    cancel = params.nested("cancel", required=True)
-    assert cancel is not None and event_name is not None
-    identifier = cancel.text("identifier", required=True)
-    assert identifier is not None
-    params.finish()
-    request.acct.ledger.cancel(event_name, identifier, request.now)
-    return 200, {
-        "object": "billing.meter_event_adjustment",
-        "cancel": {"identifier": identifier},
-        "event_name": event_name,
-        "livemode": request.acct.livemode,
-        "status": "pending",
-        "type": "cancel",
     }
 
 
@@ -633,40 +579,14 @@ def list_customers(request: Request) -> Result:
     return 200, list_object("/v1/customers", [c.to_json() for c in page], more)
 
 
-def add_customer(request: Request) -> Result:
-    """``POST /_emulator/customers`` with ``{"id": "cus_…"}`` or ``{"ids": [...]}`` (and ``"livemode":
-    true`` for the live account): customers with chosen ids (tests of a customer created after its first
-    usage; benchmarks whose customers must exist)."""
-    body = request.json(allow_empty=False)
-    ids = body.get("ids", [body.get("id")]) if "ids" in body or "id" in body else None
-    livemode = body.get("livemode", False)
-    if (
-        not isinstance(ids, list)
-        or not ids
-        or not all(isinstance(i, str) and CUSTOMER_ID.match(i) is not None for i in ids)
-        or not isinstance(livemode, bool)
-        or len(set(body) & {"id", "ids"}) != 1
-        or not set(body) <= {"id", "ids", "livemode"}
-    ):
-        raise ApiError(400, 'expected {"id": "cus_…"} or {"ids": [...]}', code="parameter_invalid")
-    request.state.process_pending()  # events received before they existed are judged without them
-    catalog = request.state.account(livemode).catalog
-    made = [
-        catalog.create_customer(
-            name=None, email=None, description=None, metadata={}, now=request.now, customer_id=customer_id
-        )
-        for customer_id in ids
-    ]
-    return 200, made[0].to_json() if "id" in body else {"created": len(made)}
-
-
 # -- v1: the account of the key --------------------------------------------------------------------
 
 
 def retrieve_current_account(request: Request) -> Result:
-    """``GET /v1/account``: the emulator's one account, whichever mode or kind of key opened it."""
+    """``GET /v1/account``: the account the request acts in (the emulator's platform account, whichever
+    mode or kind of key opened it, or the connected account its context names)."""
     request.form().finish()
-    return 200, request.state.platform.to_json()
+    return 200, request.tenant.identity.to_json()
 
 
 # -- v2: accounts (configured as customers) ------------------------------------------------------
@@ -701,53 +621,3 @@ def retrieve_account_v2(request: Request) -> Result:
             "livemode": catalog.livemode,
         }
     return 200, catalog.account(account_id).to_json(check_include(include))
-
-
-# -- emulator controls --------------------------------------------------------------------------
-
-
-def get_faults(request: Request) -> Result:
-    return 200, request.state.faults.as_dict()
-
-
-def set_faults(request: Request) -> Result:
-    body = request.json(allow_empty=True)
-    try:
-        expire = request.state.faults.update(body)
-    except ValueError as error:
-        raise ApiError(400, str(error), code="parameter_invalid") from None
-    if expire:
-        request.state.expire_tokens()
-    return 200, request.state.faults.as_dict()
-
-
-def get_stats(request: Request) -> Result:
-    fresh = b"process=false" not in request.query
-    return 200, request.state.stats_json(process=fresh)
-
-
-def get_clock(request: Request) -> Result:
-    return 200, request.state.clock.as_dict()
-
-
-def advance_clock(request: Request) -> Result:
-    """``POST /_emulator/clock`` with ``{"advance_s": N}``: move the emulated clock N seconds on."""
-    body = request.json(allow_empty=True)
-    problems = [f"unknown setting: {name}" for name in body if name != "advance_s"]
-    if "advance_s" not in body:
-        problems.append("advance_s is required")
-    else:
-        problems += check_advance(body["advance_s"], request.state.clock.offset)
-    if problems:
-        raise ApiError(400, "; ".join(problems), code="parameter_invalid")
-    request.state.clock.advance(body["advance_s"])
-    return 200, request.state.clock.as_dict()
-
-
-def reset(request: Request) -> Result:
-    request.state.reset()
-    return 200, {"reset": True}
-
-
-def health(request: Request) -> Result:
-    return 200, {"status": "ok"}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from connector.devtools.emulator.errors import ApiError
 from connector.devtools.emulator.idempotency import KeyHold, check_key, key_in_use
-from connector.devtools.emulator.state import EmulatorState
+from connector.devtools.emulator.state import EmulatorState, Tenant
 
 
-def stream_fault(state: EmulatorState) -> ApiError | None:
-    """The injected error this stream request draws, if any (outage, error rate, rate limits)."""
-    faults = state.faults
-    injected = state.stats.faults_injected
+def stream_fault(tenant: Tenant) -> ApiError | None:
+    """The injected error this stream request draws from its account's faults, if any (outage, error
+    rate, rate limits)."""
+    faults = tenant.faults
+    injected = tenant.stats.faults_injected
     draw = faults.random.random
     if faults.outage:
         injected["outage"] += 1
@@ -29,28 +30,35 @@ def stream_fault(state: EmulatorState) -> ApiError | None:
 
 def stream_intake(
     state: EmulatorState,
+    tenant: Tenant,
     token: str | None,
     key: bytes | None,
     body: bytes,
     request_id: bytes,
     held: KeyHold | None,
+    contexts: tuple[str | None, str | None] = (None, None),
 ) -> bool:
     """Take one stream request in, or raise the ApiError refusing it; True when the answer stored for
     its ``Idempotency-Key`` is replayed instead (nothing is counted, validated or reported again).
+    ``tenant`` is the account the token speaks for (``EmulatorState.stream_tenant``); ``contexts``
+    the request's ``Stripe-Context`` and ``Stripe-Account`` headers.
 
     Stripe's rate limiters and authentication run before its idempotency layer, so their errors are
     decided first and never stored; neither is an envelope error, as a key is stored only once its
     request was taken in.
     """
-    faults = state.faults
+    faults = tenant.faults
     if faults.stream_faulty:
-        fault = stream_fault(state)
+        fault = stream_fault(tenant)
         if fault is not None:
             raise fault
     now = state.clock()
     session = state.stream_session(token, now)
+    if contexts != (None, None):
+        assert token is not None
+        state.check_stream_context(session, token, *contexts)
     if faults.mode_limits is not None:
-        state.check_mode_limit(session.livemode, stream=True)
+        tenant.check_mode_limit(session.livemode, stream=True)
     if key is None:
         session.ledger.ingest_stream(body, now, request_id, None)
         return False

@@ -23,9 +23,10 @@ from connector.devtools.emulator.ids import new_id
 from connector.devtools.emulator.meter import WINDOW_SECONDS, Meter
 from connector.devtools.emulator.reports import ErrorReport, ThinEvent
 from connector.devtools.emulator.stats import Stats
-from connector.devtools.emulator.timestamps import parse_rfc3339
+from connector.devtools.emulator.timestamps import format_rfc3339, parse_rfc3339
 
 DEDUP_WINDOW = 86_400.0  # identifiers are unique within a rolling 24 hours; cancels reach as far back
+MAX_AGED_OUT = 1_000_000  # identifiers remembered past their 24 hours, to word a late cancel's refusal
 MAX_PAST = 35 * 86_400.0
 MAX_FUTURE = 300.0
 MAX_SIGNIFICANT_DIGITS = 15
@@ -190,8 +191,10 @@ class MeterLedger:
         customer_known: Callable[[str], bool],
         *,
         decimal_values: bool = False,
+        context: str | None = None,
     ) -> None:
         self.livemode = livemode
+        self.context = context  # the connected account's context path, None for the platform
         self._decimal_values = decimal_values
         self._stats = stats
         self._customer_known = customer_known
@@ -203,6 +206,9 @@ class MeterLedger:
         self.pending_events = 0
         self._processed: deque[_Batch] = deque()  # the last 24 hours, oldest first
         self._seen: dict[str, _Batch] = {}  # identifier -> request of its first copy (24 hours)
+        # identifier -> receipt time, of first copies that aged out of the 24 hours, so that a late
+        # cancel is told apart from one of an unknown identifier; bounded, oldest forgotten first.
+        self._aged_out: dict[str, float] = {}
         # meter id -> customer -> minute -> usage
         self._usage: dict[str, dict[str, dict[int, _Bucket]]] = {}
         # Pre-aggregated meters: (meter id, customer, window start) -> the window's valid events as
@@ -283,7 +289,7 @@ class MeterLedger:
             stats.duplicates_ignored += handled - accepted
             stats.events_valid += valid
         for report in judging.reports.values():
-            thin = report.thin_event(new_id(self._event_prefix, 40), now, self.livemode)
+            thin = report.thin_event(new_id(self._event_prefix, 40), now, self.livemode, self.context)
             self.thin_events.append(thin)
             self._thin_by_id[thin.id] = thin
         self._expire(now)
@@ -533,12 +539,17 @@ class MeterLedger:
         processed = self._processed
         horizon = now - DEDUP_WINDOW
         seen = self._seen
+        aged_out = self._aged_out
         while processed and processed[0].received_at <= horizon:
             batch = processed.popleft()
             for index, event in enumerate(batch.events()):
                 identifier = batch.identifier(event, index)
                 if seen.get(identifier) is batch:
                     del seen[identifier]
+                    aged_out.pop(identifier, None)  # re-inserted last: the dict stays oldest first
+                    aged_out[identifier] = batch.received_at
+            while len(aged_out) > MAX_AGED_OUT:
+                del aged_out[next(iter(aged_out))]
 
     # -- meters ---------------------------------------------------------------------------------
 
@@ -673,15 +684,25 @@ class MeterLedger:
             idempotency_key=key,
         )
 
-    def cancel(self, event_name: str, identifier: str, now: float) -> None:
-        """A ``cancel`` adjustment: the event received in the last 24 hours stops counting."""
+    def cancel(self, event_name: str, identifier: str, now: float, param: str) -> None:
+        """A ``cancel`` adjustment: the event received in the last 24 hours stops counting. Stripe
+        documents no answer for the refusals; the emulator's are 400s, one message each (``param``
+        names the identifier's parameter in the caller's API version)."""
         self.process(now)
         batch = self._seen.get(identifier)
-        if batch is None or now - batch.received_at >= DEDUP_WINDOW:
+        received_at = batch.received_at if batch is not None else self._aged_out.get(identifier)
+        if received_at is None:
             raise invalid(
-                f"No meter event with identifier {identifier} was received in the last 24 hours.",
-                param="cancel[identifier]",
+                f"No meter event with identifier {identifier} was received by this account.",
+                param=param,
                 code="resource_missing",
+            )
+        if batch is None or now - received_at >= DEDUP_WINDOW:
+            raise invalid(
+                f"The meter event with identifier {identifier} was received more than 24 hours ago "
+                f"({format_rfc3339(received_at)}); only events received in the last 24 hours can be "
+                "canceled.",
+                param=param,
             )
         index, event = batch.find(identifier)
         if event["event_name"] != event_name:
@@ -692,10 +713,7 @@ class MeterLedger:
             )
         status = batch.status[index]
         if status == CANCELED:
-            raise invalid(
-                f"The meter event with identifier {identifier} is already canceled.",
-                param="cancel[identifier]",
-            )
+            raise invalid(f"The meter event with identifier {identifier} is already canceled.", param=param)
         if status == VALID:
             meter = batch.meters[event_name]
             payload = event["payload"]

@@ -21,6 +21,7 @@ class ThinEvent:
     livemode: bool
     data: dict[str, Any]
     meter_id: str | None = None
+    context: str | None = None  # the connected account's context; None for the platform's events
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -29,7 +30,7 @@ class ThinEvent:
             "type": self.type,
             "created": format_rfc3339(self.created),
             "livemode": self.livemode,
-            "context": None,
+            "context": self.context,
             "reason": None,
             "data": self.data,
         }
@@ -89,7 +90,9 @@ class ErrorReport:
             "validation_end": format_rfc3339(self.end),
         }
 
-    def thin_event(self, event_id: str, created: float, livemode: bool) -> ThinEvent:
+    def thin_event(
+        self, event_id: str, created: float, livemode: bool, context: str | None = None
+    ) -> ThinEvent:
         return ThinEvent(
             id=event_id,
             type=NO_METER_FOUND if self.meter is None else ERROR_REPORT_TRIGGERED,
@@ -97,4 +100,5 @@ class ErrorReport:
             livemode=livemode,
             data=self.data(),
             meter_id=None if self.meter is None else self.meter.id,
+            context=context,
         )

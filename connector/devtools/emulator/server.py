@@ -109,6 +109,15 @@ def _add_account_arguments(parser: argparse.ArgumentParser) -> None:
         "otherwise a value with a decimal point is invalid",
     )
     parser.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="ACCOUNT",
+        help="a connected account platform keys may act in with Stripe-Context / Stripe-Account: "
+        "acct_…, or a path acct_a/acct_b for an account of a connected account (repeatable; more "
+        "with POST /_emulator/contexts)",
+    )
+    parser.add_argument(
         "--sandbox-limits",
         action="store_true",
         help="Stripe's own limits on meter events when --rate-limit-rps is 0: 25 requests/s in test "
@@ -132,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         should_retry=None if args.should_retry is None else args.should_retry == "true",
         decimal_values=args.decimal_values,
         sandbox_limits=args.sandbox_limits,
+        contexts=tuple(args.context),
     )
 
 
@@ -230,7 +240,8 @@ class EmulatorProcess:
     """The emulator in a subprocess on a free port; a context manager exposing ``url``.
 
     Keyword options are CLI options (``session_ttl=1`` -> ``--session-ttl 1``; ``True`` -> a bare
-    flag; ``None`` / ``False`` -> omitted), except ``should_retry``, whose ``True`` / ``False`` become
+    flag; ``None`` / ``False`` -> omitted; a list repeats the option, ``context=["acct_a", "acct_b"]``
+    -> ``--context acct_a --context acct_b``), except ``should_retry``, whose ``True`` / ``False`` become
     ``--should-retry true`` / ``false``. The child is SIGKILLed if this process (strictly, the
     thread that started it) dies, and terminated on ``stop()`` / context exit.
     """
@@ -271,7 +282,10 @@ class EmulatorProcess:
             flag = "--" + name.replace("_", "-")
             if value is None or value is False:
                 continue
-            if value is True:
+            if isinstance(value, list | tuple):
+                for item in value:  # a repeatable option: ``context=["acct_a", "acct_b"]``
+                    argv.extend([flag, str(item)])
+            elif value is True:
                 argv.append(flag)
             else:
                 argv.extend([flag, str(value)])

@@ -1,7 +1,8 @@
-"""RFC 3339 timestamps as Stripe's v2 API writes them (``2024-06-01T12:15:00.000Z``) and reads them."""
+"""Timestamps: RFC 3339 as Stripe's v2 API writes and reads them (``2024-06-01T12:15:00.000Z``), HTTP Date."""
 
 from __future__ import annotations
 
+import email.utils
 import time
 from datetime import datetime
 
@@ -42,3 +43,19 @@ def format_rfc3339(seconds: float) -> str:
     millis = round(seconds * 1000)
     whole, fraction = divmod(millis, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{fraction:03d}Z"
+
+
+_http_date_cache: list[tuple[int, bytes]] = [(-1, b"")]
+
+
+def http_date(seconds: float) -> bytes:
+    """Unix seconds -> an HTTP ``Date`` value (RFC 9110 IMF-fixdate, ``Sat, 01 Jun 2024 12:00:00 GMT``).
+
+    Cached for the current second: every response carries one.
+    """
+    whole = int(seconds // 1)
+    cached_at, value = _http_date_cache[0]
+    if cached_at != whole:
+        value = email.utils.formatdate(whole, usegmt=True).encode("ascii")
+        _http_date_cache[0] = (whole, value)
+    return value

@@ -139,10 +139,13 @@ def test_format_and_parse_rfc3339() -> None:
 @pytest.mark.parametrize(
     ("secret", "shown"),
     [
-        ("sk_test_51HabcdefghijklmnopWXYZ", "sk_test_****WXYZ"),
-        ("sk_live_0123456789abcd", "sk_live_****abcd"),
-        ("mes_tok_0123456789abcdefghij", "****ghij"),
-        ("short", "****"),
+        # Stripe's form: a star per hidden character, the last four shown (as quoted from its answers,
+        # ``sk_test_********************DgAU`` for a 24-character key tail).
+        ("sk_test_51HabcdefghijklmnopWXYZ", "sk_test_" + "*" * 19 + "WXYZ"),
+        ("sk_live_0123456789abcd", "sk_live_" + "*" * 10 + "abcd"),
+        ("sk_live_01234567", "sk_live_********"),
+        ("mes_tok_0123456789abcdefghij", "*" * 24 + "ghij"),
+        ("short", "*****"),
     ],
 )
 def test_mask_secret_never_shows_the_whole_secret(secret: str, shown: str) -> None:
