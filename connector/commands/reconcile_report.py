@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from connector.commands.reconcile_corrections import CorrectionTally
 from connector.commands.reconcile_range import WINDOW_SECONDS, iso
 from connector.commands.reconcile_tally import Tally
 
@@ -54,6 +56,12 @@ class Report:
     rows: list[Row]
     partitions: int
     warnings: list[str]
+    context: str | None = None  # the Stripe context reconciled; None: the platform account
+    corrections: CorrectionTally | None = None  # None: no corrections topic can touch these events
+
+    @property
+    def where(self) -> str:
+        return "the platform account" if self.context is None else f"context {self.context}"
 
     @property
     def differences(self) -> list[Row]:
@@ -120,16 +128,20 @@ def render(report: Report, now: float, show_all: bool = False) -> str:
     window = f"by {report.window}" if report.window else "one total per customer"
     lines = [
         f"Reconciling topic {report.topic} (event_name {report.event_name!r}) with meter {report.meter_id} "
-        f"(formula {report.formula})",
+        f"(formula {report.formula}) in {report.where}",
         f"  range   {iso(report.start)} - {iso(report.end)} (end excluded), {window}",
         f"  Kafka   {tally.read:,} records read from {report.partitions} partition(s); "
         f"{tally.in_range:,} events in range; {tally.duplicates:,} duplicate identifier(s) counted once",
     ]
     if tally.rejected:
-        codes = ", ".join(f"{code} {count}" for code, count in tally.rejected.most_common())
         lines.append(
-            f"          {sum(tally.rejected.values()):,} record(s) rejected by the mapping, skipped: {codes}"
+            f"          {sum(tally.rejected.values()):,} record(s) rejected by the mapping, skipped: "
+            f"{_codes(tally.rejected)}"
         )
+    if tally.other_context:
+        lines.append(f"          {tally.other_context:,} record(s) sent in other contexts, skipped")
+    if report.corrections is not None:
+        lines += _correction_lines(report.corrections)
     customers = len({row.customer for row in report.rows})
     lines.append(f"  Stripe  summaries for {customers} customer(s), {len(report.rows)} customer window(s)")
     lines += [f"  warning: {warning}" for warning in report.warnings]
@@ -168,6 +180,65 @@ def render(report: Report, now: float, show_all: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _codes(counts: Counter[str]) -> str:
+    return ", ".join(f"{code} {count}" for code, count in counts.most_common())
+
+
+def _correction_lines(found: CorrectionTally) -> list[str]:
+    """The corrections section of the text report."""
+    lines = [f"  Fixes   {found.read:,} correction record(s) read from {', '.join(found.topics)}"]
+    if not found.reconciled:
+        lines.append(
+            f"          not applied: corrections are reconciled for sum and count meters only, this meter's "
+            f"formula is {found.formula} ({found.not_applied:,} correction(s) of it read)"
+        )
+    else:
+        lines.append(
+            f"          {found.applied:,} applied ({found.cancelled:,} original(s) cancelled, "
+            f"{found.replaced:,} replacement(s) added); {found.unmatched:,} unmatched (original not "
+            f"among the events in range: not applied); {found.out_of_range:,} outside the range"
+        )
+    if found.duplicates:
+        lines.append(f"          {found.duplicates:,} duplicate correction(s) counted once")
+    if found.rejected:
+        lines.append(
+            f"          {sum(found.rejected.values()):,} rejected by the mapping (dead-lettered by the "
+            f"connector), skipped: {_codes(found.rejected)}"
+        )
+    if found.elsewhere:
+        lines.append(f"          {found.elsewhere:,} for other event names or contexts, skipped")
+    lines += [f"          unmatched: {sample}" for sample in found.samples]
+    if found.inconsistent:
+        lines.append(
+            f"          {found.inconsistent:,} correction(s) do not describe their original (applied as a "
+            "cancel; a compensation after 24 hours lands where the correction says instead):"
+        )
+        lines += [f"            {sample}" for sample in found.mismatches]
+    return lines
+
+
+def _corrections_json(found: CorrectionTally | None) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    return {
+        "topics": list(found.topics),
+        "reconciled": found.reconciled,
+        "records_read": found.read,
+        "applied": found.applied,
+        "cancelled": found.cancelled,
+        "replaced": found.replaced,
+        "unmatched": found.unmatched,
+        "out_of_range": found.out_of_range,
+        "not_applied": found.not_applied,
+        "duplicates": found.duplicates,
+        "rejected": dict(found.rejected),
+        "elsewhere": found.elsewhere,
+        "inconsistent": found.inconsistent,
+        "unmatched_samples": found.samples,
+        "inconsistent_samples": found.mismatches,
+    }
+
+
 def as_json(report: Report) -> dict[str, Any]:
     """The report as a JSON document (``--json``); numbers as exact decimal strings."""
     tally = report.tally
@@ -179,12 +250,15 @@ def as_json(report: Report) -> dict[str, Any]:
         "start": iso(report.start),
         "end": iso(report.end),
         "window": report.window,
+        "context": report.context,
         "kafka": {
             "records_read": tally.read,
             "events_in_range": tally.in_range,
             "duplicates": tally.duplicates,
             "rejected": dict(tally.rejected),
+            "other_contexts": tally.other_context,
         },
+        "corrections": _corrections_json(report.corrections),
         "warnings": report.warnings,
         "differences": len(report.differences),
         "rows": [
