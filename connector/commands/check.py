@@ -1,8 +1,9 @@
 """``kafka-stripe check``: validate the configuration, schemas, Kafka topics, the Stripe key and meters.
 
 This module is the command, the local checks (configuration, schemas) and the order the checks run in;
-the network checks live next to it: ``check_kafka``, ``check_stripe`` (key, meters, billing) and
-``check_stream``. Every check returns a ``check_result.CheckResult`` and never raises.
+the network checks live next to it: ``check_kafka``, ``check_stripe`` (key, meters, billing),
+``check_stream`` and ``check_contexts``. Every check returns a ``check_result.CheckResult`` and never
+raises.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
 from connector.commands import prologue
+from connector.commands.check_contexts import check_contexts
 from connector.commands.check_kafka import check_kafka
 from connector.commands.check_result import Check, CheckResult, plural
 from connector.commands.check_stream import check_stream
@@ -24,7 +26,7 @@ from connector.commands.check_stripe import (
     shared_meter_listing,
 )
 from connector.config.secrets import Redactor
-from connector.config.settings import Settings
+from connector.config.settings import Settings, TopicSettings
 from connector.config.topics import inspect_schema, topic_env_key
 
 
@@ -43,6 +45,7 @@ def check_configuration(settings: Settings) -> CheckResult:
             else f"whole numbers only, others dead-lettered as value_not_whole ({variable}=false)"
         )
         details.append(f"{topic.name}: {values}")
+        details += _kind_and_context(topic)
     return CheckResult(
         "configuration",
         "ok",
@@ -51,15 +54,41 @@ def check_configuration(settings: Settings) -> CheckResult:
     )
 
 
+def _kind_and_context(topic: TopicSettings) -> list[str]:
+    """The configuration lines of a corrections topic, and of a topic sent in a context."""
+    prefix = f"TOPIC_{topic_env_key(topic.name)}_"
+    lines: list[str] = []
+    if topic.kind == "corrections":
+        names = f"event name {topic.event_name!r} only" if topic.event_name else "any event name"
+        lines.append(f"{topic.name}: corrections of usage already sent ({prefix}KIND=corrections), {names}")
+    if topic.stripe_context is not None:
+        lines.append(f"{topic.name}: sent in context {topic.stripe_context} ({prefix}STRIPE_CONTEXT)")
+    if topic.context_field is not None:
+        fallback = topic.stripe_context or "the platform account"
+        lines.append(
+            f"{topic.name}: each record's context from field {topic.context_field!r} "
+            f"({prefix}CONTEXT_FIELD), else {fallback}"
+        )
+    return lines
+
+
 def check_schemas(settings: Settings) -> CheckResult:
-    """Each topic's schema parses and holds its configured fields with usable types."""
+    """Each topic's schema parses and holds its configured fields (a corrections topic: the fixed
+    fields of a correction) with usable types."""
     details: list[str] = []
     problems: list[str] = []
     for topic in settings.topics:
+        if topic.kind == "corrections":
+            found_details, found_problems = _correction_schema(topic)
+            details += found_details
+            problems += found_problems
+            continue
         report = inspect_schema(topic)
         details.append(f"{topic.name}: {report.path} (record {report.record or '?'}, {topic.wire_format})")
         for found in report.fields:
             details.append(f"  {found.role:<10} {found.path:<28} {found.type or found.note}")
+        if topic.context_field is not None:  # its type was checked by the settings, which loaded
+            details.append(f"  {'context':<10} {topic.context_field:<28} (TOPIC_<T>_CONTEXT_FIELD)")
         problems.extend(report.problems)
     if problems:
         return CheckResult("schemas", "failed", f"{len(problems)} problem(s)", (*details, *problems))
@@ -71,6 +100,29 @@ def check_schemas(settings: Settings) -> CheckResult:
     )
 
 
+def _correction_schema(topic: TopicSettings) -> tuple[list[str], list[str]]:
+    """(details, problems) of a corrections topic's schema: the fixed fields (``config.corrections``)
+    are checked as the settings check them; a corrections topic has no customer or value field roles."""
+    from connector.avro import schema as avro_schema
+    from connector.avro.fields import lookup
+    from connector.config.corrections import (
+        COORDINATE_FIELDS,
+        CORRECTION_FIELDS,
+        correction_schema_problems,
+    )
+
+    where = f"TOPIC_{topic_env_key(topic.name)}_SCHEMA"
+    schema = avro_schema.load(topic.schema_path)
+    if schema.record_problem is not None:
+        return [f"{topic.name}: {topic.schema_path}"], [f"{where}: {schema.record_problem}"]
+    details = [f"{topic.name}: {topic.schema_path} (record {schema.name}, {topic.wire_format}; corrections)"]
+    for name in [name for name, _role, _required in CORRECTION_FIELDS] + list(COORDINATE_FIELDS):
+        found, _why = lookup(schema, name)
+        shown = avro_schema.describe(found, schema.named) if found is not None else "absent"
+        details.append(f"  {'correction':<10} {name:<28} {shown}")
+    return details, correction_schema_problems(schema, where)
+
+
 # Run in order; each gets the validated settings and returns its own result, so one failing check never
 # hides the others. The network checks (NETWORK_CHECKS) are left out by ``--offline``.
 CHECKS: list[tuple[str, Check]] = [
@@ -79,11 +131,12 @@ CHECKS: list[tuple[str, Check]] = [
     ("kafka", check_kafka),
     ("stripe", check_stripe),
     ("stream", check_stream),
+    ("contexts", check_contexts),
     ("meters", check_meters),
     ("billing", check_billing),
     ("customers", check_customers),
 ]
-NETWORK_CHECKS = frozenset({"kafka", "stripe", "stream", "meters", "billing", "customers"})
+NETWORK_CHECKS = frozenset({"kafka", "stripe", "stream", "contexts", "meters", "billing", "customers"})
 
 
 def run_checks(
