@@ -301,14 +301,13 @@ class EmulatorApp:
                 await asyncio.sleep(latency_tenant.faults.latency_ms / 1000)
         body = await _read_body(receive)
         request_id = b"req_%d" % next(_request_ids)
-        tenant = state.tenants[None]  # who counts the answer until the request names its account
+        tenant = state.tenants[None]  # counts the answer until the request is authorized in its account
         try:
             handler, needs_key, args = self._route(method, path)
             if state.pending_events and (needs_key or _wants_fresh_stats(path, scope)):
                 await self._drain()
             # From here to the response nothing awaits: the handler sees and changes the state
             # atomically with respect to every other request.
-            tenant = state.peek_tenant(*headers.contexts) if needs_key else state.tenants[None]
             account = None
             if needs_key:
                 key = _bearer(headers.authorization)

@@ -1,4 +1,4 @@
-"""Counters behind ``GET /_emulator/stats``."""
+"""Counters behind ``GET /_emulator/stats``: one set per account (the platform and each connected one)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class Stats:
         self.events_canceled = 0
         self.sessions_created = 0
         self.responses_compressed = 0
-        self.idempotent_replays = 0  # stream requests answered from a stored Idempotency-Key
+        self.idempotent_replays = 0  # answers replayed for their Idempotency-Key (stream, adjustments)
         self.faults_injected: dict[str, int] = {
             "latency": 0,
             "error": 0,
