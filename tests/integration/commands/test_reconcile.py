@@ -214,7 +214,9 @@ def test_a_clean_run_reconciles_and_cancellations_show_exactly(
         "events_in_range": 61,
         "duplicates": 1,
         "rejected": {"undecodable": 1},
+        "other_contexts": 0,
     }
+    assert document["context"] is None and document["corrections"] is None
     want = {(c, iso(w).replace("Z", ":00Z")): str(v.normalize()) for (c, w), v in expected.items()}
     got = {key: kafka for key, (kafka, stripe_value, _) in rows(document).items() if kafka == stripe_value}
     assert {k: Decimal(v) for k, v in got.items()} == {k: Decimal(v) for k, v in want.items()}
