@@ -252,12 +252,12 @@ def window_refusal(topic: str, meter: Any) -> str | None:
     )
 
 
-def window_refusals(settings: Settings, meters: Sequence[Any]) -> list[str]:
-    """``window_refusal`` for every topic whose active meter among ``meters`` (the platform account's)
-    is pre-aggregated (``run`` refuses them); a topic sent in a context is checked there by ``check``."""
+def window_refusals(settings: Settings, meters: Sequence[Any], context: str | None = None) -> list[str]:
+    """``window_refusal`` for every topic sent in ``context`` (None: the platform account) whose active
+    meter among ``meters`` (that account's) is pre-aggregated: ``run`` refuses them."""
     refusals: list[str] = []
     for topic in settings.topics:
-        if topic.stripe_context is not None or not topic.event_name:
+        if topic.stripe_context != context or not topic.event_name:
             continue
         meter = next((m for m in meters if m.event_name == topic.event_name and m.active), None)
         refusal = None if meter is None else window_refusal(topic.name, meter)

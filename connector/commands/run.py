@@ -86,14 +86,24 @@ def preflight(settings: Settings, redact: Redactor | None = None) -> list[str]:
     from connector.stripe.v1 import StripeApiError, StripeClient
 
     redact = prologue.redactor(settings) if redact is None else redact
-    try:
-        with StripeClient.from_settings(settings.stripe, timeout=STRIPE_TIMEOUT_S, max_retries=1) as client:
-            meters = client.list_meters(status="active")
-    except StripeApiError as exc:
-        why = redact(str(exc))
-        print(f"kafka-stripe run: warning: could not read the meters to check them ({why})", file=sys.stderr)
-        return []
-    return window_refusals(settings, meters)
+    refusals: list[str] = []
+    # The platform's meters, and each configured context's: a topic is sent in its own account.
+    for context in dict.fromkeys([None, *(t.stripe_context for t in settings.topics if t.stripe_context)]):
+        try:
+            with StripeClient.from_settings(
+                settings.stripe, timeout=STRIPE_TIMEOUT_S, max_retries=1, context=context
+            ) as client:
+                meters = client.list_meters(status="active")
+        except StripeApiError as exc:
+            why = redact(str(exc))
+            where = "" if context is None else f" in context {context}"
+            print(
+                f"kafka-stripe run: warning: could not read the meters{where} to check them ({why})",
+                file=sys.stderr,
+            )
+            continue
+        refusals += window_refusals(settings, meters, context)
+    return refusals
 
 
 def announce(settings: Settings) -> None:

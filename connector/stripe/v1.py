@@ -431,7 +431,8 @@ class StripeClient:
         param = error.get("param")
         labels = ", ".join(str(x) for x in (err_type, code) if x)
         where = f" [param {param}]" if param else ""
-        hint = _HINTS.get(status, "")
+        # A context the key cannot act in is no missing permission: Stripe's message says it all.
+        hint = "" if code == "account_invalid" else _HINTS.get(status, "")
         text = f"{method} {path}: Stripe answered {status} ({labels}): {message}{where}{hint}"
         return kind(
             self._clean(text),

@@ -58,3 +58,6 @@ def test_static_contexts_and_the_platform_only_window_refusal() -> None:
     # The platform's meter says nothing of the topic sent in acct_Hosted1 (checked there by `check`),
     # nor of corrections topics without an event name.
     assert len(refusals) == 1 and refusals[0].startswith("usage: meter mtr_1")
+    # The same meter read in acct_Hosted1 refuses the topic sent there (run reads every context's meters).
+    in_context = window_refusals(settings, [hourly], "acct_Hosted1")
+    assert sorted(r.split(":")[0] for r in in_context) == ["hosted", "hosted-fixes"]
