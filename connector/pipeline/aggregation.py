@@ -1,0 +1,236 @@
+"""Exact pre-aggregation, the pure core: records of one partition are summed per customer, event-time window
+and payload into aggregates, segment by segment; a segment's boundaries are fixed before it is sent.
+
+The invariant (README, "Pre-aggregation"): **an aggregate's identifier is a function of its segment's offset
+range and its key, and a segment's range is written to the ledger before any of its aggregates is sent.**
+A segment is a contiguous offset range ``[start, end)`` of one partition. When it closes, its range is
+appended to the partition's *fixed segments* (``connector.kafka.delivery_ledger`` stores them) and only
+then are its aggregates handed to the sender; the partition's commit never moves into a segment before all
+of its aggregates were accepted. So after a crash or rebalance, the records from the committed offset on are
+first cut along the fixed ranges again: the same records, mapped the same way, give the same aggregates
+with the same identifiers, which Stripe deduplicates (the delivery ledger after 24 hours). Only past the
+last fixed range are new segments formed.
+
+Nothing here knows Kafka, HTTP or the clock: the caller passes offsets, event times and ``now``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from connector.mapping.timestamps import MILLIS, second_prefix
+
+# What records of one aggregate share: the customer, the window's start (unix seconds) and the payload
+# without the value (every other payload key is part of the key: values that differ never merge).
+AggregateKey = tuple[str, int, tuple[tuple[str, str], ...]]
+
+
+class Aggregate:
+    """The sum (or the latest value) of one key's records in one segment, and the offsets it covers.
+
+    Offsets, not messages: a segment may hold a minute of a busy partition, and eight bytes a record
+    keep that cheap. If Stripe refuses the aggregate, one dead letter names its records by range."""
+
+    __slots__ = ("count", "key", "last_ms", "last_value", "offsets", "segment", "total")
+
+    def __init__(self, key: AggregateKey, segment: Segment) -> None:
+        self.key = key
+        self.segment = segment
+        self.total: int | Decimal = 0
+        self.count = 0
+        self.last_ms = -1
+        self.last_value = "0"
+        self.offsets = array("q")
+
+    def add(self, value: str, millis: int, offset: int) -> None:
+        self.total += int(value) if "." not in value else Decimal(value)
+        self.count += 1
+        if millis >= self.last_ms:  # ties: the later offset wins, as records arrive in offset order
+            self.last_ms, self.last_value = millis, value
+        self.offsets.append(offset)
+
+    def offset(self) -> int:
+        """Where the request key says the event came from: its segment's first offset."""
+        return self.segment.start
+
+
+class Segment:
+    """An offset range of one partition and the aggregates of its records."""
+
+    __slots__ = (
+        "aggregates",
+        "end",
+        "finished",
+        "fixed_end",
+        "open_windows_end",
+        "opened_at",
+        "out",
+        "records",
+        "start",
+    )
+
+    def __init__(self, start: int, opened_at: float, fixed_end: int | None) -> None:
+        self.start = start
+        self.end: int | None = None  # set when closed: one past its last record
+        self.fixed_end = fixed_end  # the end a previous run fixed (a replay must cut exactly there)
+        self.opened_at = opened_at
+        self.aggregates: dict[AggregateKey, Aggregate] = {}
+        self.records = 0  # records in its aggregates
+        self.open_windows_end: int | None = None  # the earliest end (ms) among its windows
+        self.out = 0  # aggregates handed to the sender and not yet answered
+        # Answered aggregates and Stripe's refusal (None: accepted). Their records are marked done only
+        # when the whole segment is answered, so a commit never lands inside a segment.
+        self.finished: list[tuple[Aggregate, Any]] = []
+
+    def add(self, key: AggregateKey, value: str, millis: int, offset: int, window_ms: int) -> None:
+        aggregate = self.aggregates.get(key)
+        if aggregate is None:
+            aggregate = self.aggregates[key] = Aggregate(key, self)
+        aggregate.add(value, millis, offset)
+        self.records += 1
+        end = key[1] * 1000 + window_ms
+        if self.open_windows_end is None or end < self.open_windows_end:
+            self.open_windows_end = end
+
+
+class Flush(NamedTuple):
+    """A segment closed, and why: ``window`` closed in event time, ``age``, a ``fixed`` end, ``revoke``."""
+
+    segment: Segment
+    reason: str
+
+
+class PartitionAggregator:
+    """One partition's open segment and the ranges a previous run fixed (``plan``)."""
+
+    def __init__(self, window_s: int, grace_s: float, max_age_s: float, plan: list[tuple[int, int]]) -> None:
+        self.window_s = window_s
+        self.window_ms = window_s * 1000
+        self.grace_ms = int(grace_s * 1000)
+        self.max_age_s = max_age_s
+        self.plan = sorted(plan)  # fixed [start, end) ranges not yet replayed, in order
+        self.open: Segment | None = None
+        self.watermark_ms = -1  # the latest event time seen in this partition
+        self.late = 0  # records for a window that an earlier segment of this run already flushed
+        self._flushed_window = -1  # the latest window start (s) any closed segment held
+
+    def add(
+        self,
+        offset: int,
+        customer: str,
+        value: str,
+        millis: int,
+        rest: tuple[tuple[str, str], ...],
+        now: float,
+    ) -> list[Flush]:
+        """Take one mapped record; returns the segments it closed (a fixed end reached before it)."""
+        closed = self._before(offset, now)
+        segment = self.open
+        if segment is None:
+            segment = self.open = self._new_segment(offset, now)
+        window = millis // self.window_ms * self.window_s
+        if window <= self._flushed_window:
+            self.late += 1
+        segment.add((customer, window, rest), value, millis, offset, self.window_ms)
+        if millis > self.watermark_ms:
+            self.watermark_ms = millis
+        return closed
+
+    def skip(self, offset: int, now: float) -> list[Flush]:
+        """A record that joins no aggregate (dead-lettered, already delivered): it still belongs to the
+        segment whose range holds it, so the segment's ends stay where a replay will find them."""
+        closed = self._before(offset, now)
+        if self.open is None:
+            self.open = self._new_segment(offset, now)
+        return closed
+
+    def _before(self, offset: int, now: float) -> list[Flush]:
+        """Close the open segment if ``offset`` lies past its fixed end; drop plan ranges now behind."""
+        closed = []
+        segment = self.open
+        if segment is not None and segment.fixed_end is not None and offset >= segment.fixed_end:
+            closed.append(self._close(segment.fixed_end, "fixed"))
+        while self.plan and self.plan[0][1] <= offset:
+            self.plan.pop(0)
+        return closed
+
+    def _new_segment(self, offset: int, now: float) -> Segment:
+        """A segment from ``offset``: inside a fixed range it is that range exactly (its first record may
+        be gone, e.g. a transaction marker, yet the identifiers must name the range as first fixed)."""
+        for start, end in self.plan:
+            if start <= offset < end:
+                return Segment(start, now, end)
+        return Segment(offset, now, None)
+
+    def due(self, now: float, next_offset: int) -> Flush | None:
+        """The open segment if it must close now: its earliest window closed in event time (plus the
+        grace), or it is older than the maximum age. A segment with a fixed end waits for its end."""
+        segment = self.open
+        if segment is None or segment.fixed_end is not None or not segment.aggregates:
+            return None
+        assert segment.open_windows_end is not None
+        if segment.open_windows_end + self.grace_ms <= self.watermark_ms:
+            return self._close(next_offset, "window")
+        if now - segment.opened_at >= self.max_age_s:
+            return self._close(next_offset, "age")
+        return None
+
+    def close_all(self, next_offset: int) -> Flush | None:
+        """Close the open segment now (revoke, shutdown); a fixed one closes only at its fixed end."""
+        segment = self.open
+        if segment is None:
+            return None
+        if segment.fixed_end is not None and next_offset < segment.fixed_end:
+            return None  # the rest of it is replayed by whoever reads this partition next
+        return self._close(segment.fixed_end or next_offset, "revoke")
+
+    def _close(self, end: int, reason: str) -> Flush:
+        segment = self.open
+        assert segment is not None
+        segment.end = end
+        self.open = None
+        if segment.aggregates:
+            self._flushed_window = max(self._flushed_window, max(key[1] for key in segment.aggregates))
+        return Flush(segment, reason)
+
+
+def aggregate_identifier(namespace: str, partition: int, start: int, end: int, key: AggregateKey) -> str:
+    """``agg:{namespace}:{partition}:{start}-{end}:{digest of the key}``: at most 100 characters."""
+    customer, window, rest = key
+    text = "\0".join([customer, str(window), *(f"{k}={v}" for k, v in rest)])
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"agg:{namespace}:{partition}:{start}-{end}:{digest}"
+
+
+def window_timestamp(window_start_s: int, cache: dict[int, str]) -> str:
+    """The RFC 3339 time of a window's start, as the mapper writes event times."""
+    return second_prefix(cache, window_start_s, "window") + MILLIS[0]
+
+
+def event_fields(
+    aggregate: Aggregate, formula: str, customer_key: str, value_key: str
+) -> tuple[Mapping[str, str], int]:
+    """The payload and event time (ms) of an aggregate's event: the sum at its window's start, or for a
+    ``last`` meter the latest value at its own time."""
+    customer, window, rest = aggregate.key
+    payload = dict(rest)
+    payload[customer_key] = customer
+    if formula == "last":
+        payload[value_key] = aggregate.last_value
+        return payload, aggregate.last_ms
+    total = aggregate.total
+    payload[value_key] = str(total) if isinstance(total, int) else _decimal_text(total)
+    return payload, window * 1000
+
+
+def _decimal_text(value: Decimal) -> str:
+    text = format(value.normalize(), "f")
+    return text if "." not in text else text.rstrip("0").rstrip(".")
+
+
+def segments_of(flushes: list[Flush]) -> Iterator[Segment]:
+    return (flush.segment for flush in flushes)
