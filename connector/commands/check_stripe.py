@@ -217,7 +217,7 @@ def _meter_finding(
             "the name: until then Stripe drops these events (no_meter)"
         )
     meter = active[0]
-    refusal = window_refusal(name, meter)
+    refusal = window_refusal(name, meter) or aggregation_refusal(topic, meter, name)
     if refusal is not None:
         return True, refusal
     wrong: list[str] = []
@@ -252,6 +252,17 @@ def window_refusal(topic: str, meter: Any) -> str | None:
     )
 
 
+def aggregation_refusal(topic: TopicSettings, meter: Any, name: str | None = None) -> str | None:
+    """Why ``topic``'s records cannot be pre-aggregated for ``meter``; None when they can."""
+    if not topic.aggregate_s or meter.formula not in ("count",):
+        return None
+    return (
+        f"{name or topic.name}: meter {meter.id} ({meter.event_name!r}) counts events (formula count), so "
+        "one event per aggregate would count aggregates, not records; remove "
+        f"TOPIC_{topic_env_key(topic.name)}_AGGREGATE or use a sum meter"
+    )
+
+
 def window_refusals(settings: Settings, meters: Sequence[Any], context: str | None = None) -> list[str]:
     """``window_refusal`` for every topic sent in ``context`` (None: the platform account) whose active
     meter among ``meters`` (that account's) is pre-aggregated: ``run`` refuses them."""
@@ -260,7 +271,9 @@ def window_refusals(settings: Settings, meters: Sequence[Any], context: str | No
         if topic.stripe_context != context or not topic.event_name:
             continue
         meter = next((m for m in meters if m.event_name == topic.event_name and m.active), None)
-        refusal = None if meter is None else window_refusal(topic.name, meter)
+        refusal = None
+        if meter is not None:
+            refusal = window_refusal(topic.name, meter) or aggregation_refusal(topic, meter)
         if refusal is not None:
             refusals.append(refusal)
     return refusals

@@ -270,6 +270,7 @@ def _read_pipeline(reader: Reader) -> PipelineSettings:
         workers=reader.integer("CONNECTOR_WORKERS", 1, minimum=1),
         ledger_topic=reader.text("CONNECTOR_LEDGER_TOPIC", "kafka-stripe.ledger"),
         ledger_namespace=reader.raw("CONNECTOR_LEDGER_NAMESPACE"),
+        aggregate_max_records=reader.integer("CONNECTOR_AGGREGATE_MAX_RECORDS", 1_000_000, minimum=1),
     )
     problem = topic_name_problem(pipeline.ledger_topic)
     if problem:

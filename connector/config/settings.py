@@ -98,6 +98,11 @@ class TopicSettings:
     # the platform account the key belongs to. ``context_field`` names a record field that overrides it.
     stripe_context: str | None = None
     context_field: str | None = None
+    # Pre-aggregation (TOPIC_<T>_AGGREGATE): records summed per customer, payload and event-time window of
+    # this many seconds before sending; None: one event per record. See connector.pipeline.aggregation.
+    aggregate_s: int | None = None
+    aggregate_grace_s: float = 10.0
+    aggregate_max_age_s: float = 70.0
 
     @property
     def on_platform(self) -> bool:
@@ -124,6 +129,9 @@ class TopicSettings:
             "kind": self.kind,
             "stripe_context": self.stripe_context,
             "context_field": self.context_field,
+            "aggregate_s": self.aggregate_s,
+            "aggregate_grace_s": self.aggregate_grace_s,
+            "aggregate_max_age_s": self.aggregate_max_age_s,
         }
 
 
@@ -212,6 +220,9 @@ class PipelineSettings:
     # marks (None: the Stripe account and mode, looked up with the key at start).
     ledger_topic: str = "kafka-stripe.ledger"
     ledger_namespace: str | None = None
+    # Records held in pre-aggregation segments (not yet sent or not yet answered), all partitions: a
+    # segment is closed early when they reach this (8 bytes a record, plus the tracker's entry).
+    aggregate_max_records: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

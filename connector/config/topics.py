@@ -32,6 +32,9 @@ TOPIC_SUFFIXES = (
     "KIND",
     "STRIPE_CONTEXT",
     "CONTEXT_FIELD",
+    "AGGREGATE",
+    "AGGREGATE_GRACE",
+    "AGGREGATE_MAX_AGE",
 )
 # The variable (after ``TOPIC_<T>_``) that configures each field role.
 ROLE_VARIABLES: dict[Role, str] = {
@@ -180,16 +183,14 @@ def _read_corrections(
     reader: Reader, name: str, prefix: str, *, registry: bool, max_past: int, max_future: int
 ) -> TopicSettings:
     """A corrections topic: fixed fields (``config.corrections``), an optional event name restriction."""
-    for suffix in USAGE_ONLY_SUFFIXES:
+    for suffix in (*USAGE_ONLY_SUFFIXES, "AGGREGATE"):
         if reader.raw(prefix + suffix) is not None:
             reader.problem(
                 f"{prefix}{suffix} does not apply to a corrections topic: its records have the fixed "
                 "fields of schemas/usage_correction.avsc"
             )
     schema_path, schema = _read_schema(reader, prefix, DEFAULT_CORRECTION_SCHEMA)
-    wire_format = reader.choice(prefix + "FORMAT", "confluent" if registry else "avro", ("avro", "confluent"))
-    if wire_format == "confluent" and not registry:
-        reader.problem(f"{prefix}FORMAT is confluent, which needs SCHEMA_REGISTRY_URL")
+    wire_format = _read_format(reader, prefix, registry)
     context, context_field = _read_context(reader, prefix)
     dlq_topic = _read_dlq_topic(reader, prefix, name)
     namespace = _read_namespace(reader, prefix)
@@ -219,12 +220,68 @@ def _read_corrections(
     )
 
 
+def _default_payload(schema: avro_schema.Schema) -> tuple[str, ...]:
+    """Copy ``attributes`` when the schema has it; a schema without it simply has no extras."""
+    usable = schema.record_problem is None
+    return ("attributes",) if not usable or lookup(schema, "attributes")[0] is not None else ()
+
+
 def _read_dlq_topic(reader: Reader, prefix: str, name: str) -> str:
     dlq_topic = reader.text(prefix + "DLQ_TOPIC", f"{name}.dlq")
     problem = topic_name_problem(dlq_topic)
     if problem:
         reader.problem(f"{prefix}DLQ_TOPIC: {problem}")
     return dlq_topic
+
+
+_DURATION = re.compile(r"(\d+)\s*(s|m|h)?")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> int | None:
+    """Seconds of ``30s``, ``1m``, ``15m``, ``1h`` or a plain number of seconds; None if malformed."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        return None
+    return int(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+
+
+def _read_kind(reader: Reader, prefix: str) -> TopicKind:
+    kind = reader.choice(prefix + "KIND", "usage", ("usage", "corrections"))
+    return "corrections" if kind == "corrections" else "usage"
+
+
+def _read_format(reader: Reader, prefix: str, registry: bool) -> str:
+    wire_format = reader.choice(prefix + "FORMAT", "confluent" if registry else "avro", ("avro", "confluent"))
+    if wire_format == "confluent" and not registry:
+        reader.problem(f"{prefix}FORMAT is confluent, which needs SCHEMA_REGISTRY_URL")
+    return wire_format
+
+
+def _read_aggregation(
+    reader: Reader, prefix: str, context_field: str | None
+) -> tuple[int | None, float, float]:
+    """``TOPIC_<T>_AGGREGATE`` (the window), its grace and its maximum age."""
+    value = reader.raw(prefix + "AGGREGATE")
+    grace = reader.number(prefix + "AGGREGATE_GRACE", 10.0, minimum=0.0)
+    if value is None or not value.strip():
+        for suffix in ("AGGREGATE_GRACE", "AGGREGATE_MAX_AGE"):
+            if reader.raw(prefix + suffix) is not None:
+                reader.problem(f"{prefix}{suffix} is set but {prefix}AGGREGATE is not")
+        return None, grace, 0.0
+    window = parse_duration(value)
+    if window is None or not 1 <= window <= 86_400 or 86_400 % window:
+        reader.problem(
+            f"{prefix}AGGREGATE must be a window that divides a day, like 30s, 1m, 15m or 1h, not {value!r}"
+        )
+        window = 60
+    if context_field:
+        reader.problem(
+            f"{prefix}AGGREGATE and {prefix}CONTEXT_FIELD: records of one aggregate must share one Stripe "
+            "context; set TOPIC_<T>_STRIPE_CONTEXT, or split the tenants into topics"
+        )
+    max_age = reader.number(prefix + "AGGREGATE_MAX_AGE", window + grace, minimum=1.0)
+    return window, grace, max_age
 
 
 def _read_namespace(reader: Reader, prefix: str) -> str | None:
@@ -239,12 +296,7 @@ def _read_namespace(reader: Reader, prefix: str) -> str | None:
 def read_topic(reader: Reader, name: str, *, registry: bool, max_past: int, max_future: int) -> TopicSettings:
     """One topic's ``TOPIC_<T>_*`` variables, checked against its schema."""
     prefix = f"TOPIC_{topic_env_key(name)}_"
-    kind: TopicKind = (
-        "corrections"
-        if reader.choice(prefix + "KIND", "usage", ("usage", "corrections")) == "corrections"
-        else "usage"
-    )
-    if kind == "corrections":
+    if _read_kind(reader, prefix) == "corrections":
         return _read_corrections(
             reader, name, prefix, registry=registry, max_past=max_past, max_future=max_future
         )
@@ -253,9 +305,7 @@ def read_topic(reader: Reader, name: str, *, registry: bool, max_past: int, max_
         limit = MAX_IDENTIFIER_LENGTH
         reader.problem(f"{prefix}EVENT_NAME is {len(event_name)} characters; Stripe allows at most {limit}")
     schema_path, schema = _read_schema(reader, prefix)
-    wire_format = reader.choice(prefix + "FORMAT", "confluent" if registry else "avro", ("avro", "confluent"))
-    if wire_format == "confluent" and not registry:
-        reader.problem(f"{prefix}FORMAT is confluent, which needs SCHEMA_REGISTRY_URL")
+    wire_format = _read_format(reader, prefix, registry)
     fields, explicit = _read_fields(reader, prefix)
     payload = _read_payload_fields(reader, prefix)
     customer_key = reader.text(prefix + "CUSTOMER_KEY", "stripe_customer_id")
@@ -265,11 +315,10 @@ def read_topic(reader: Reader, name: str, *, registry: bool, max_past: int, max_
     decimal_values = reader.flag(prefix + "DECIMAL_VALUES", False)
     namespace = _read_namespace(reader, prefix)
     context, context_field = _read_context(reader, prefix)
+    aggregate_s, aggregate_grace_s, aggregate_max_age_s = _read_aggregation(reader, prefix, context_field)
     dlq_topic = _read_dlq_topic(reader, prefix, name)
     if payload is None:
-        # Default: copy ``attributes`` when the schema has it; a schema without it simply has no extras.
-        usable = schema.record_problem is None
-        payload = ("attributes",) if not usable or lookup(schema, "attributes")[0] is not None else ()
+        payload = _default_payload(schema)
     topic = TopicSettings(
         name=name,
         event_name=event_name,
@@ -289,6 +338,9 @@ def read_topic(reader: Reader, name: str, *, registry: bool, max_past: int, max_
         namespace=namespace,
         stripe_context=context,
         context_field=context_field,
+        aggregate_s=aggregate_s,
+        aggregate_grace_s=aggregate_grace_s,
+        aggregate_max_age_s=aggregate_max_age_s or 70.0,
     )
     if schema.record_problem is None:
         for found in schema_report(schema, topic, explicit=explicit).problems:

@@ -92,8 +92,10 @@ def read_ledger(
     ledger_topic: str,
     *,
     timeout_s: float = 30.0,
+    other: Callable[[Any], None] | None = None,
 ) -> dict[LedgerKey, LedgerMark]:
-    """Every mark of the ledger, read from the beginning to its end with ``assign()`` (no group)."""
+    """Every mark of the ledger, read from the beginning to its end with ``assign()`` (no group);
+    ``other(message)`` sees every record that is not a mark (the pre-aggregation segments)."""
     config = dict(consumer_config)
     config.update(
         {
@@ -117,6 +119,8 @@ def read_ledger(
             key = LedgerKey.decode(message.key())
             if key is not None:
                 merge(marks, key, None if message.value() is None else LedgerMark.decode(message.value()))
+            elif other is not None:
+                other(message)
     except ReaderError as exc:
         raise LedgerError(f"cannot read the delivery ledger {ledger_topic!r}: {exc}") from None
     finally:
@@ -142,6 +146,10 @@ class LedgerWriter:
                 self._failures.append(f"{key.encode().decode()} -> {mark}: {err}")
 
         self._producer.produce(self.topic, key=key.encode(), value=value, on_delivery=report)
+
+    @property
+    def producer(self) -> Any:
+        return self._producer
 
     def poll(self, timeout: float = 0.0) -> None:
         self._producer.poll(timeout)
@@ -205,4 +213,3 @@ def _policy_problem(admin: Any, ledger_topic: str, how: str, timeout_s: float) -
 def _exists(exc: Exception) -> bool:
     """Whether ``exc`` says the topic exists (another member created it first)."""
     return "TOPIC_ALREADY_EXISTS" in str(exc) or "already exists" in str(exc)
-

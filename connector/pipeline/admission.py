@@ -40,7 +40,9 @@ class Admission:
         # The platform account's usage topics: StripeWatch reads the platform's meters and customers.
         # Connected accounts' events are validated by Stripe alone (docs/corrections-and-contexts.md).
         self._topics = tuple(t for t in settings.topics if t.kind == "usage" and t.on_platform)
-        self.customer_keys = {t.name: t.customer_key for t in self._topics}
+        # Not for pre-aggregated topics: whether a record waits or goes depends on time, and an aggregate
+        # must be rebuilt from the same records on every replay (``connector.pipeline.aggregation``).
+        self.customer_keys = {t.name: t.customer_key for t in self._topics if not t.aggregate_s}
         self.verify = watch is not None and validation.verify_customers
         self.pause_on_missing = validation.on_missing_meter == "pause"
         self.gate: CustomerGate[Item] = CustomerGate(

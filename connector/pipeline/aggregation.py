@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
-
-from connector.mapping.timestamps import MILLIS, second_prefix
 
 # What records of one aggregate share: the customer, the window's start (unix seconds) and the payload
 # without the value (every other payload key is part of the key: values that differ never merge).
@@ -206,11 +204,6 @@ def aggregate_identifier(namespace: str, partition: int, start: int, end: int, k
     return f"agg:{namespace}:{partition}:{start}-{end}:{digest}"
 
 
-def window_timestamp(window_start_s: int, cache: dict[int, str]) -> str:
-    """The RFC 3339 time of a window's start, as the mapper writes event times."""
-    return second_prefix(cache, window_start_s, "window") + MILLIS[0]
-
-
 def event_fields(
     aggregate: Aggregate, formula: str, customer_key: str, value_key: str
 ) -> tuple[Mapping[str, str], int]:
@@ -230,7 +223,3 @@ def event_fields(
 def _decimal_text(value: Decimal) -> str:
     text = format(value.normalize(), "f")
     return text if "." not in text else text.rstrip("0").rstrip(".")
-
-
-def segments_of(flushes: list[Flush]) -> Iterator[Segment]:
-    return (flush.segment for flush in flushes)

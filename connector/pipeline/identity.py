@@ -26,6 +26,7 @@ from connector.kafka.delivery_ledger import (
     ensure_ledger_topic,
     read_ledger,
 )
+from connector.kafka.segments import decode_segments, write_segments
 from connector.kafka.topics import namespaces, topic_ids
 from connector.pipeline.offsets import PartitionOffsets
 from connector.runtime.metrics import Telemetry
@@ -47,6 +48,8 @@ class IdentityPort(Protocol):
     def start(self) -> None: ...
     def on_assign(self, partitions: Sequence[PartitionOffsets]) -> None: ...
     def before_commit(self, positions: Iterable[tuple[PartitionOffsets, int]]) -> None: ...
+    def plan(self, offsets: PartitionOffsets) -> list[tuple[int, int]]: ...
+    def fix_segment(self, offsets: PartitionOffsets, start: int, end: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -76,6 +79,8 @@ class Identity:
         self._event_names = {t.name: t.event_name for t in settings.topics}
         self._configured = {t.name: t.namespace for t in settings.topics}
         self._written: dict[LedgerKey, int] = {}
+        # Fixed pre-aggregation segments per partition (``connector.kafka.segments``), last read or written.
+        self._segments: dict[LedgerKey, list[tuple[int, int]]] = {}
         ledger_namespace = settings.pipeline.ledger_namespace
         if not ledger_namespace:
             raise ConfigurationError(["the delivery ledger needs a namespace (CONNECTOR_LEDGER_NAMESPACE)"])
@@ -103,6 +108,7 @@ class Identity:
                 dict(self._settings.consumer_config()),
                 self._settings.pipeline.ledger_topic,
                 timeout_s=LEDGER_READ_TIMEOUT_S,
+                other=self._read_segments,
             )
         except LedgerError as exc:  # without the marks, records read again could be billed twice
             raise FatalError(str(exc)) from None
@@ -128,9 +134,33 @@ class Identity:
                 self._written[key] = position
             if offsets.skipped:
                 self._report_skipped(offsets)
+            ranges = self._segments.get(key)
+            if ranges:  # segments wholly below the commit are done: the next write leaves them out
+                ranges[:] = [r for r in ranges if r[1] > position]
         self._writer.poll(0)
         for failure in self._writer.failures():
             log.warning("could not write to the delivery ledger: %s", failure)
+
+    def _read_segments(self, message: Any) -> None:
+        found = decode_segments(message.key(), message.value())
+        if found is not None:
+            self._segments[found[0]] = found[1]
+
+    def plan(self, offsets: PartitionOffsets) -> list[tuple[int, int]]:
+        """The segments fixed for the partition (by any run before): a replay cuts its records there."""
+        return list(self._segments.get(self._key(offsets), ()))
+
+    def fix_segment(self, offsets: PartitionOffsets, start: int, end: int) -> None:
+        """Make ``[start, end)`` a fixed segment of the partition, durably, before its aggregates go out
+        (raises ``FatalError`` if the ledger does not acknowledge it: nothing of it was sent)."""
+        assert self._writer is not None
+        key = self._key(offsets)
+        ranges = self._segments.setdefault(key, [])
+        ranges.append((start, end))
+        try:
+            write_segments(self._writer.producer, self._writer.topic, key, ranges)
+        except LedgerError as exc:
+            raise FatalError(str(exc)) from None
 
     def close(self) -> None:
         if self._writer is not None:
@@ -185,6 +215,12 @@ class StaticIdentity:
 
     def before_commit(self, positions: Iterable[tuple[PartitionOffsets, int]]) -> None:
         pass
+
+    def plan(self, offsets: PartitionOffsets) -> list[tuple[int, int]]:
+        return []
+
+    def fix_segment(self, offsets: PartitionOffsets, start: int, end: int) -> None:
+        pass  # no ledger: a benchmark or unit test, never a run that must survive a crash
 
     def close(self) -> None:
         pass

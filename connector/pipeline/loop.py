@@ -40,6 +40,8 @@ from connector.kafka.deadletter import DeadLetterQueue
 from connector.mapping.corrections import CorrectionMapper
 from connector.mapping.mapper import Mapper
 from connector.pipeline.admission import Admission
+from connector.pipeline.aggregating import Aggregating, Run, dead_letter_of
+from connector.pipeline.aggregation import Aggregate, Flush
 from connector.pipeline.batching import Batch, Batcher, Item
 from connector.pipeline.corrections import Corrected, CorrectionJob, Keys, StripePort, apply_correction
 from connector.pipeline.customers import Verdict
@@ -101,6 +103,7 @@ class Pipeline:
         telemetry: Telemetry | None = None,
         loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
         watch: StripeWatch | None = None,
+        aggregate_formulas: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         # A telemetry without a server still counts: the hot path never checks for None.
@@ -130,6 +133,8 @@ class Pipeline:
         self._tracker = OffsetTracker()
         # Meters and customers checked against Stripe before sending (None: nothing is checked).
         self.admission = Admission(settings, watch)
+        # Pre-aggregated topics (TOPIC_<T>_AGGREGATE): their meters' formulas were read before the start.
+        self._aggregating = Aggregating(settings, self.identity, aggregate_formulas or {})
         self._releases_seen = 0
         self._holds = TopicHolds(self._tracker, self.flow)
         self.rebalance = Rebalancer(
@@ -213,8 +218,14 @@ class Pipeline:
                 self._submit(batch)
             self._drain()
             self._apply_admission(now)
-            # Records waiting for a customer lookup have a bound of their own: they must not stop reading.
-            flow.update(self._tracker.pending - self.admission.gate.waiting)
+            held = 0
+            if self._aggregating.active:
+                for offsets, closing in self._aggregating.due(now):
+                    self._send_segments([closing], offsets, now)
+                held = self._aggregating.held
+            # Records waiting for a customer lookup or in aggregation segments have bounds of their own:
+            # they must not stop reading.
+            flow.update(self._tracker.pending - self.admission.gate.waiting - held)
             if now >= next_commit:
                 self._commit(asynchronous=True)
                 next_commit = now + interval
@@ -240,7 +251,7 @@ class Pipeline:
         # consume() returns runs of records of one partition: its epoch, mapper, meter state and customer
         # key are looked up once per run. The message travels with its event; no per-record copy is made.
         offsets: PartitionOffsets | None = None
-        map_value = blocked = customer_key = None
+        map_value = blocked = customer_key = run = None
         corrections = False
         for message in messages:
             if message.error() is not None:
@@ -250,11 +261,10 @@ class Pipeline:
             partition = message.partition()
             offset = message.offset()
             if offsets is None or offsets.partition != partition or offsets.topic != topic:
-                offsets, map_value, blocked, customer_key = self._run_of(topic, partition)
+                offsets, map_value, blocked, customer_key, run = self._run_of(topic, partition)
                 corrections = map_value is None
             if corrections:
-                self._take_correction(message, offsets, now_ms)
-                consumed += 1
+                consumed += self._take_correction(message, offsets, now_ms)
                 continue
             assert map_value is not None
             if blocked is not None and admission.pause_on_missing:
@@ -263,8 +273,7 @@ class Pipeline:
             offsets.track(offset)
             consumed += 1
             if offset < offsets.skip_below:  # delivered before, per the ledger: done, not sent again
-                offsets.done(offset)
-                offsets.skipped += 1
+                self._skip_delivered(offsets, offset, run, now)
                 continue
             try:
                 if blocked is not None:
@@ -273,7 +282,12 @@ class Pipeline:
                     message.value(), topic, partition, offset, kafka_timestamp_ms(message), now_ms
                 )
             except RecordRejected as exc:
-                self._dead_letter(KafkaRecord.from_message(message), exc, offsets)
+                self._reject(message, exc, offsets, run, now)
+                continue
+            if run is not None:
+                closed = self._aggregating.add(run, event, offset, now)
+                if closed:
+                    self._send_segments(closed, offsets, now)
                 continue
             item = _new_item((event, message, offsets))
             if (
@@ -287,19 +301,34 @@ class Pipeline:
                 self._submit(batch)
         self.progress.consumed += consumed
 
+    def _skip_delivered(self, offsets: PartitionOffsets, offset: int, run: Run | None, now: float) -> None:
+        offsets.done(offset)
+        offsets.skipped += 1
+        if run is not None:  # it still lies in a segment's range: the segment's ends must not move
+            self._send_segments(run.aggregator.skip(offset, now), offsets, now)
+
+    def _reject(
+        self, message: Any, error: RecordRejected, offsets: PartitionOffsets, run: Run | None, now: float
+    ) -> None:
+        self._dead_letter(KafkaRecord.from_message(message), error, offsets)
+        if run is not None:
+            self._send_segments(run.aggregator.skip(message.offset(), now), offsets, now)
+
     def _run_of(
         self, topic: str, partition: int
-    ) -> tuple[PartitionOffsets, Callable[..., MeterEvent] | None, str | None, str | None]:
+    ) -> tuple[PartitionOffsets, Callable[..., MeterEvent] | None, str | None, str | None, Run | None]:
         """What a run of one partition's records needs: its epoch, its topic's mapping (None for a
         corrections topic), the reason its meter does not take events now (None: it does), the payload
-        key to verify customers by."""
+        key to verify customers by, its aggregator (None: one event per record)."""
         admission = self.admission
         mapper = self._mappers.get(topic)
+        offsets = self._tracker.for_record(topic, partition)
         return (
-            self._tracker.for_record(topic, partition),
+            offsets,
             None if mapper is None else mapper.map_value,
             admission.problem(topic),
             admission.customer_keys.get(topic) if admission.verify else None,
+            self._aggregating.run(offsets) if self._aggregating.active else None,
         )
 
     def _admit(self, item: Item, now: float) -> bool:
@@ -312,23 +341,25 @@ class Pipeline:
 
     # ----------------------------------------------------------------- corrections
 
-    def _take_correction(self, message: Any, offsets: PartitionOffsets, now_ms: int) -> None:
-        """Map a correction record and hand it to the sender thread (``pipeline.corrections``)."""
+    def _take_correction(self, message: Any, offsets: PartitionOffsets, now_ms: int) -> int:
+        """Map a correction record and hand it to the sender thread (``pipeline.corrections``); returns
+        the records consumed (1)."""
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         offsets.track(offset)
         if offset < offsets.skip_below:  # applied before, per the ledger
             offsets.done(offset)
             offsets.skipped += 1
-            return
+            return 1
         try:
             correction = self._correctors[topic].map_value(
                 message.value(), Coordinates(topic, partition, offset), now_ms, self._usage_namespace
             )
         except RecordRejected as exc:
             self._dead_letter(KafkaRecord.from_message(message), exc, offsets)
-            return
+            return 1
         origin = Origin(self._correctors[topic].namespace or "", partition, offset)
         self._submit_correction(CorrectionJob(correction, message, offsets, origin))
+        return 1
 
     def _usage_namespace(self, topic: str) -> str | None:
         mapper = self._mappers.get(topic)
@@ -372,6 +403,48 @@ class Pipeline:
         self.telemetry.correction(result.action)
         job.offsets.done(record.offset)
 
+    # ----------------------------------------------------------------- pre-aggregation
+
+    def _send_segments(self, closed: Sequence[Flush], offsets: PartitionOffsets, now: float) -> None:
+        """Hand closed segments' events to the batcher (``Aggregating.items`` fixes each range first)."""
+        topic = self._topics[offsets.topic]
+        namespace = self._mappers[topic.name].namespace or ""
+        add = self._batcher.add
+        for closing in closed:
+            self.telemetry.segment_closed(
+                closing.reason, closing.segment.records, len(closing.segment.aggregates)
+            )
+            for item in self._aggregating.items(offsets, closing, namespace, topic.stripe_context):
+                batch = add(item, now)
+                if batch is not None:
+                    self._submit(batch)
+
+    def _aggregates_answered(self, items: list[Item], delivered: Sequence[int]) -> Sequence[int]:
+        """Settle the delivered aggregates of a batch; returns the indices of its records' events."""
+        records = []
+        for index in delivered:
+            item = items[index]
+            if type(cast(object, item.message)) is Aggregate:
+                self._answered(item, None)
+            else:
+                records.append(index)
+        return records
+
+    def _answered(self, item: Item, refusal: RecordRejected | None) -> None:
+        """Stripe answered one aggregate; once its whole segment is answered, its records are done (or
+        one dead letter per refused aggregate stands for them)."""
+        answered = self._aggregating.answered(cast(Aggregate, item.message), item.offsets, refusal)
+        if answered is None:
+            return
+        offsets = answered.offsets
+        for aggregate, error in answered.results:
+            if error is None:
+                for offset in aggregate.offsets:
+                    offsets.done(offset)
+                continue
+            record = dead_letter_of(aggregate, offsets)
+            self._dead_letter(record, error.at(record.coordinates), offsets, covers=aggregate.offsets)
+
     # ----------------------------------------------------------------- admission (meters, customers)
 
     def _apply_admission(self, now: float) -> None:
@@ -381,6 +454,7 @@ class Pipeline:
         if self._tracker.releases != self._releases_seen:  # a rebalance: forget work for lost partitions
             self._releases_seen = self._tracker.releases
             admission.drop(lambda item: item.offsets.released)
+            self._aggregating.forget_released()
             self._holds.forget_released()
         decisions = admission.poll(now)
         if admission.pause_on_missing:
@@ -453,6 +527,8 @@ class Pipeline:
             self.flow.stripe_struggling()
         items = batch.items
         delivered = result.delivered
+        if self._aggregating.active:
+            delivered = self._aggregates_answered(items, delivered)
         for index in delivered:
             _event, message, offsets = items[index]
             offsets.done(message.offset())
@@ -473,6 +549,9 @@ class Pipeline:
         )
         for rejection in result.rejected:
             item = items[rejection.index]
+            if type(cast(object, item.message)) is Aggregate:
+                self._answered(item, rejection.error())
+                continue
             record = KafkaRecord.from_message(item.message)
             error = rejection.error().at(record.coordinates)
             self._dead_letter(record, error, item.offsets, item.event.context)
@@ -498,6 +577,7 @@ class Pipeline:
         error: RecordRejected,
         offsets: PartitionOffsets,
         context: str | None = None,
+        covers: Sequence[int] = (),
     ) -> None:
         if self.settings.pipeline.on_invalid == "fail":
             raise FatalError(f"invalid record and CONNECTOR_ON_INVALID=fail: {error}")
@@ -508,7 +588,8 @@ class Pipeline:
         def delivered(failure: Exception | None) -> None:
             offsets.dead_letters_out -= 1
             if failure is None:
-                offsets.done(offset)
+                for done in covers or (offset,):  # an aggregate's dead letter stands for its records
+                    offsets.done(done)
                 self.progress.dead_lettered += 1
                 self.telemetry.dead_lettered(error.code)
             else:
@@ -547,7 +628,10 @@ class Pipeline:
         self._commit(asynchronous=False, partitions=partitions)
 
     def flush(self) -> None:
-        """Send the open batch now (revoke, shutdown)."""
+        """Close the open aggregation segments and send the open batches now (revoke, shutdown)."""
+        now = self._clock()
+        for offsets, closing in self._aggregating.close_all():
+            self._send_segments([closing], offsets, now)
         while (batch := self._batcher.flush()) is not None:
             self._submit(batch)
 
@@ -606,6 +690,11 @@ class Pipeline:
         """Gauges for a scrape or probe; runs on the telemetry thread, so it only reads."""
         snapshot = self._reporter.snapshot(self._sender.sender)
         admission = self.admission
+        aggregating = self._aggregating
+        if aggregating.active:
+            snapshot = snapshot._replace(
+                open_aggregates=aggregating.open_aggregates(), late_records=aggregating.late()
+            )
         return snapshot._replace(
             meters=admission.meters_snapshot(),
             customers_waiting=admission.gate.waiting if admission.verify else None,

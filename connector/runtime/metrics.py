@@ -82,6 +82,21 @@ class _Collector:
             yield from self._sender(snap.sender)
         if snap.contexts is not None:
             yield from self._contexts(snap.contexts)
+        if snap.open_aggregates is not None:
+            yield _gauge(
+                "open_aggregates", "Pre-aggregates in segments not yet closed.", snap.open_aggregates
+            )
+            yield _counter(
+                "late_records",
+                "Records for a window this member had already flushed.",
+                snap.late_records or 0,
+            )
+            records, events = t._aggregation
+            yield _gauge(
+                "aggregation_ratio",
+                "Records per pre-aggregated event sent (the compression ratio), since the start.",
+                records / events if events else 0.0,
+            )
         session = snap.session
         if session is not None:
             created = session.created_at if session.created_at is not None else t._history.session_seen
@@ -254,6 +269,19 @@ class Telemetry:
 
     def _register_validation(self, registry: CollectorRegistry) -> None:
         """Counters of the checks against Stripe's live state and of its asynchronous error reports."""
+        self._flushes = Counter(
+            f"{PREFIX}_aggregate_flushes",
+            "Pre-aggregation segments closed, by reason (window, age, size, fixed, revoke).",
+            labelnames=("reason",),
+            registry=registry,
+        )
+        self._aggregated = Counter(
+            f"{PREFIX}_aggregated_records", "Records summed into pre-aggregated events.", registry=registry
+        )
+        self._aggregate_events = Counter(
+            f"{PREFIX}_aggregate_events", "Pre-aggregated events made (one per aggregate).", registry=registry
+        )
+        self._aggregation = (0, 0)  # records, events: the ratio's terms
         self._corrections = Counter(
             f"{PREFIX}_corrections",
             "Corrections applied, by action (cancelled, replaced, compensated, unchanged); refused ones are "
@@ -361,6 +389,14 @@ class Telemetry:
     def customer_lookup(self, result: str) -> None:
         """One customer lookup ended: ``found``, ``not_found`` or ``error``."""
         self._customer_lookups.labels(result).inc()
+
+    def segment_closed(self, reason: str, records: int, events: int) -> None:
+        """A pre-aggregation segment closed (``window``, ``age``, ``size``, ``fixed``, ``revoke``)."""
+        self._flushes.labels(reason).inc()
+        self._aggregated.inc(records)
+        self._aggregate_events.inc(events)
+        done_records, done_events = self._aggregation
+        self._aggregation = (done_records + records, done_events + events)
 
     def correction(self, action: str) -> None:
         """A correction was applied: ``cancelled``, ``replaced``, ``compensated`` or ``unchanged``."""

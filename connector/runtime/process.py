@@ -24,7 +24,7 @@ from connector.reports.worker import ErrorReportWorker
 from connector.runtime.logging import configure_logging
 from connector.runtime.metrics import Telemetry
 from connector.stripe.contexts import ContextSenders
-from connector.stripe.v1 import StripeClient
+from connector.stripe.v1 import StripeApiError, StripeClient
 
 log = logging.getLogger("kafka_stripe.pipeline")
 
@@ -55,6 +55,11 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
         contexts = [t.stripe_context for t in settings.topics if t.stripe_context]
         return ContextSenders(settings.stripe, settings.sender, on_backoff=on_backoff, labelled=contexts)
 
+    try:
+        formulas = aggregate_formulas(settings)
+    except StripeApiError as exc:
+        log.error("fatal: cannot start: the meters of pre-aggregated topics cannot be read: %s", exc)
+        return EXIT_FATAL
     telemetry = Telemetry.from_settings(settings, None, worker=worker)
 
     def identity(mappers: Mapping[str, UsesNamespace]) -> Identity:
@@ -75,6 +80,7 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
         telemetry=telemetry,
         loop_factory=new_event_loop,
         watch=watch_for(settings, telemetry.customer_lookup, telemetry.meter_refresh),
+        aggregate_formulas=formulas,
     )
     telemetry.snapshot = pipeline.telemetry_snapshot
     reports = error_reports_for(settings, telemetry, pipeline.request_meter_refresh)
@@ -96,6 +102,22 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
             reports.stop()
         telemetry.stop()
     return 0 if fatal is None else EXIT_FATAL
+
+
+def aggregate_formulas(settings: Settings) -> dict[str, str]:
+    """The meter formula of each pre-aggregated topic, read in its context before anything is consumed:
+    records are summed for ``sum`` meters and the latest kept for ``last`` ones (``count`` meters are
+    refused before this by ``run``'s preflight). A topic without an active meter sums (Stripe drops
+    its events anyway, and the admission pauses the topic)."""
+    topics = [t for t in settings.topics if t.aggregate_s]
+    formulas: dict[str, str] = {}
+    for context in dict.fromkeys(t.stripe_context for t in topics):
+        with StripeClient.from_settings(settings.stripe, settings.sender, context=context) as client:
+            meters = client.list_meters(status="active")
+        for topic in (t for t in topics if t.stripe_context == context):
+            meter = next((m for m in meters if m.event_name == topic.event_name), None)
+            formulas[topic.name] = "sum" if meter is None else meter.formula
+    return formulas
 
 
 def error_reports_for(

@@ -45,3 +45,5 @@ class Snapshot(NamedTuple):
     customers_waiting: int | None = None  # records held until Stripe knows their customer
     # Per Stripe context label ("platform", an account id, or "other" past the label bound).
     contexts: Mapping[str, SenderStats] | None = None
+    open_aggregates: int | None = None  # pre-aggregation: aggregates in open segments (None: none configured)
+    late_records: int | None = None  # records for a window this member had already flushed

@@ -164,6 +164,8 @@ def full_snapshot() -> Snapshot:
         meters=(MeterSnapshot("usage", "api_requests"), MeterSnapshot("clicks", "clicks", "no active meter")),
         customers_waiting=3,
         contexts={"platform": SenderStats(**dict.fromkeys(SenderStats._fields, 2))},
+        open_aggregates=7,
+        late_records=1,
     )
 
 
@@ -178,6 +180,7 @@ PUSHES: dict[str, Callable[[Telemetry], object]] = {
     "async_samples": lambda t: t.async_samples("unmapped"),
     "customer_lookup": lambda t: t.customer_lookup("found"),
     "correction": lambda t: t.correction("replaced"),
+    "segment_closed": lambda t: t.segment_closed("window", 500, 5),
     "meter_refresh": lambda t: t.meter_refresh("ok"),
     "paused": lambda t: t.paused(1),
 }

@@ -1,0 +1,240 @@
+"""Pre-aggregation on the consumer thread: a ``PartitionAggregator`` per partition epoch, each closed segment
+fixed in the ledger (``IdentityPort.fix_segment``) before its events are batched, and its records marked
+done only when Stripe answered every one of its aggregates (the invariant in ``pipeline.aggregation``)."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, NamedTuple, cast
+
+from connector.config.settings import Settings, TopicSettings
+from connector.errors import RecordRejected
+from connector.mapping.timestamps import MILLIS, second_prefix
+from connector.pipeline.aggregation import (
+    Aggregate,
+    Flush,
+    PartitionAggregator,
+    aggregate_identifier,
+    event_fields,
+)
+from connector.pipeline.batching import Item
+from connector.pipeline.identity import IdentityPort
+from connector.pipeline.offsets import PartitionOffsets
+from connector.records import KafkaRecord, MeterEvent
+
+
+class Run(NamedTuple):
+    """What a run of one partition's records needs to aggregate them."""
+
+    aggregator: PartitionAggregator
+    customer_key: str
+    value_key: str
+
+
+class Answered(NamedTuple):
+    """A segment Stripe answered in full: each aggregate with its refusal (None: accepted)."""
+
+    offsets: PartitionOffsets
+    results: list[tuple[Aggregate, RecordRejected | None]]
+
+
+class Aggregating:
+    """Owns the aggregators of the aggregated topics' partitions (see the module docstring)."""
+
+    def __init__(self, settings: Settings, identity: IdentityPort, formulas: Mapping[str, str]) -> None:
+        self.topics: dict[str, TopicSettings] = {t.name: t for t in settings.topics if t.aggregate_s}
+        self._identity = identity
+        self._formulas = formulas  # topic -> its meter's formula ("sum" or "last")
+        self._aggregators: dict[int, tuple[PartitionOffsets, PartitionAggregator]] = {}
+        # Records of closed segments not yet answered in full, per partition epoch.
+        self._sent: dict[int, int] = {}
+        self.max_records = settings.pipeline.aggregate_max_records
+        self._seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> unix seconds
+        self._stamps: dict[int, str] = {}  # unix seconds -> RFC 3339 prefix
+        self.flushes: dict[str, int] = {}  # closed segments by reason
+        self.records = self.events = 0  # records aggregated, events made of them
+        self._late_released = 0  # late records counted by aggregators since dropped
+
+    @property
+    def active(self) -> bool:
+        return bool(self.topics)
+
+    @property
+    def held(self) -> int:
+        """Records in segments not yet answered in full (they do not count toward the read buffer)."""
+        open_records = sum(a.open.records for _o, a in self._aggregators.values() if a.open is not None)
+        return open_records + sum(self._sent.values())
+
+    def run(self, offsets: PartitionOffsets) -> Run | None:
+        """The aggregator of a partition epoch of an aggregated topic (made, with its plan, once)."""
+        topic = self.topics.get(offsets.topic)
+        if topic is None:
+            return None
+        found = self._aggregators.get(id(offsets))
+        if found is None:
+            assert topic.aggregate_s is not None
+            aggregator = PartitionAggregator(
+                topic.aggregate_s,
+                topic.aggregate_grace_s,
+                topic.aggregate_max_age_s,
+                self._identity.plan(offsets),
+            )
+            found = self._aggregators[id(offsets)] = (offsets, aggregator)
+        return Run(found[1], topic.customer_key, topic.value_key)
+
+    def add(self, run: Run, event: MeterEvent, offset: int, now: float) -> list[Flush]:
+        """Add a mapped record's event to its partition's open segment."""
+        payload = event.payload
+        aggregator, customer_key, value_key = run
+        rest = (
+            ()
+            if len(payload) == 2
+            else tuple(sorted((k, v) for k, v in payload.items() if k != customer_key and k != value_key))
+        )
+        stamp = event.timestamp
+        second = self._seconds.get(stamp[:19])
+        if second is None:
+            second = self._seconds[stamp[:19]] = calendar.timegm(
+                time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")
+            )
+        millis = second * 1000 + int(stamp[20:23])
+        self.records += 1
+        return aggregator.add(offset, payload[customer_key], payload[value_key], millis, rest, now)
+
+    def due(self, now: float) -> list[tuple[PartitionOffsets, Flush]]:
+        """Segments to close now (event time, age), and the largest ones while too many records are held."""
+        closing = []
+        for offsets, aggregator in list(self._aggregators.values()):
+            flush = aggregator.due(now, _next(offsets))
+            if flush is not None:
+                closing.append((offsets, flush))
+        while self.held - sum(f.segment.records for _o, f in closing) > self.max_records:
+            largest = self._largest_open()
+            if largest is None:
+                break
+            offsets, aggregator = largest
+            closing.append((offsets, aggregator._close(_next(offsets), "size")))
+        return closing
+
+    def close_all(self) -> list[tuple[PartitionOffsets, Flush]]:
+        """Close every open segment (revoke, shutdown); fixed ones wait for their end (replayed later)."""
+        closing = []
+        for offsets, aggregator in list(self._aggregators.values()):
+            flush = aggregator.close_all(_next(offsets))
+            if flush is not None:
+                closing.append((offsets, flush))
+        return closing
+
+    def items(
+        self, offsets: PartitionOffsets, flush: Flush, namespace: str, context: str | None
+    ) -> list[Item]:
+        """The events of a closed segment, after its range was fixed in the ledger (unless a run before
+        fixed it already); the items carry the aggregate where a record's message would be."""
+        segment = flush.segment
+        self.flushes[flush.reason] = self.flushes.get(flush.reason, 0) + 1
+        if not segment.aggregates:
+            return []
+        assert segment.end is not None
+        if flush.reason != "fixed" and segment.fixed_end is None:
+            self._identity.fix_segment(offsets, segment.start, segment.end)
+        topic = self.topics[offsets.topic]
+        formula = self._formulas.get(topic.name, "sum")
+        items = []
+        for key, aggregate in segment.aggregates.items():
+            payload, millis = event_fields(aggregate, formula, topic.customer_key, topic.value_key)
+            identifier = aggregate_identifier(namespace, offsets.partition, segment.start, segment.end, key)
+            second, ms = divmod(millis, 1000)
+            stamp = second_prefix(self._stamps, second, "window") + MILLIS[ms]
+            event = MeterEvent(identifier, topic.event_name, stamp, payload, context)
+            # The aggregate stands where a record's message would: the loop tells them apart by type.
+            items.append(Item(event, cast(Any, aggregate), offsets))
+        segment.out = len(items)
+        self.events += len(items)
+        self._sent[id(offsets)] = self._sent.get(id(offsets), 0) + segment.records
+        return items
+
+    def answered(
+        self, aggregate: Aggregate, offsets: PartitionOffsets, error: RecordRejected | None
+    ) -> Answered | None:
+        """Stripe answered one aggregate; its segment's results once every aggregate of it is answered."""
+        segment = aggregate.segment
+        segment.finished.append((aggregate, error))
+        segment.out -= 1
+        if segment.out > 0:
+            return None
+        if id(offsets) in self._sent:
+            self._sent[id(offsets)] -= segment.records
+        return Answered(offsets, segment.finished)
+
+    def forget_released(self) -> None:
+        """Drop the aggregators of revoked or lost partitions (their records go to the next owner)."""
+        for key, (offsets, _aggregator) in list(self._aggregators.items()):
+            if offsets.released:
+                self._late_released += self._aggregators[key][1].late
+                del self._aggregators[key]
+                self._sent.pop(key, None)
+
+    def open_aggregates(self) -> int:
+        return sum(len(a.open.aggregates) for _o, a in self._aggregators.values() if a.open is not None)
+
+    def late(self) -> int:
+        """Records for a window this member had already flushed, since it started."""
+        return self._late_released + sum(a.late for _o, a in self._aggregators.values())
+
+    def _largest_open(self) -> tuple[PartitionOffsets, PartitionAggregator] | None:
+        candidates = [
+            (a.open.records, o, a)
+            for o, a in self._aggregators.values()
+            if a.open is not None and a.open.fixed_end is None and a.open.aggregates
+        ]
+        if not candidates:
+            return None
+        _records, offsets, aggregator = max(candidates, key=lambda c: c[0])
+        return offsets, aggregator
+
+
+def dead_letter_of(
+    aggregate: Aggregate, offsets: PartitionOffsets, event: MeterEvent | None = None
+) -> KafkaRecord:
+    """The one dead letter of an aggregate Stripe refused: its key, value and the ranges of its records
+    (the records themselves stay in Kafka: ``reconcile`` or a re-read names them)."""
+    customer, window, rest = aggregate.key
+    document: dict[str, Any] = {
+        "aggregate": {"customer": customer, "window_start": window, "payload": dict(rest)},
+        "records": aggregate.count,
+        "offsets": _ranges(list(aggregate.offsets)),
+    }
+    if event is not None:
+        document["event"] = event.as_json()
+    return KafkaRecord(
+        offsets.topic,
+        offsets.partition,
+        aggregate.offsets[0],
+        customer.encode(),
+        json.dumps(document, separators=(",", ":")).encode(),
+        window * 1000,
+    )
+
+
+def _ranges(offsets: list[int]) -> str:
+    """``3-7,9,12-13``: the offsets as inclusive ranges."""
+    parts: list[str] = []
+    start = previous = offsets[0]
+    for offset in [*offsets[1:], None]:
+        if offset is not None and offset == previous + 1:
+            previous = offset
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if offset is not None:
+            start = previous = offset
+    return ",".join(parts)
+
+
+def _next(offsets: PartitionOffsets) -> int:
+    """One past the last offset the partition handed out (where a segment closed now ends)."""
+    position = offsets.committable()
+    last = offsets._next
+    return last if last is not None else (position or 0)
