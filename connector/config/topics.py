@@ -280,7 +280,7 @@ def _read_aggregation(
             f"{prefix}AGGREGATE and {prefix}CONTEXT_FIELD: records of one aggregate must share one Stripe "
             "context; set TOPIC_<T>_STRIPE_CONTEXT, or split the tenants into topics"
         )
-    max_age = reader.number(prefix + "AGGREGATE_MAX_AGE", window + grace, minimum=1.0)
+    max_age = reader.number(prefix + "AGGREGATE_MAX_AGE", window + grace, minimum=0.0)
     return window, grace, max_age
 
 

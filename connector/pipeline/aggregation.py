@@ -166,9 +166,14 @@ class PartitionAggregator:
 
     def due(self, now: float, next_offset: int) -> Flush | None:
         """The open segment if it must close now: its earliest window closed in event time (plus the
-        grace), or it is older than the maximum age. A segment with a fixed end waits for its end."""
+        grace), or it is older than the maximum age; a segment with a fixed end once the partition was
+        read up to that end (``next_offset`` is one past the last record handed out)."""
         segment = self.open
-        if segment is None or segment.fixed_end is not None or not segment.aggregates:
+        if segment is None:
+            return None
+        if segment.fixed_end is not None:  # a replayed range closes at its end, whatever the time says
+            return self._close(segment.fixed_end, "fixed") if next_offset >= segment.fixed_end else None
+        if not segment.aggregates:
             return None
         assert segment.open_windows_end is not None
         if segment.open_windows_end + self.grace_ms <= self.watermark_ms:

@@ -106,6 +106,11 @@ def test_a_fixed_segment_is_not_closed_early_and_starts_where_it_was_fixed() -> 
     agg.add(103, "cus_a", "1", T0, (), now=0)
     assert agg.open is not None and (agg.open.start, agg.open.fixed_end) == (100, 110)
     assert agg.due(now=10_000, next_offset=104) is None  # age and windows do not close a fixed range
+    flush = aggregator(plan=[(0, 2)])
+    flush.add(0, "cus_a", "1", T0, (), now=0)
+    flush.add(1, "cus_a", "1", T0, (), now=0)
+    closed = flush.due(now=0, next_offset=2)  # read up to its end: closed, even with no record after it
+    assert closed is not None and (closed.segment.start, closed.segment.end, closed.reason) == (0, 2, "fixed")
     assert agg.close_all(104) is None  # a revoke leaves it to the next reader, who replays it whole
     closed = agg.add(110, "cus_a", "1", T0, (), now=0)
     assert [(f.segment.start, f.segment.end, f.reason) for f in closed] == [(100, 110, "fixed")]
