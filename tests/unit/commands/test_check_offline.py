@@ -61,3 +61,18 @@ def test_static_contexts_and_the_platform_only_window_refusal() -> None:
     # The same meter read in acct_Hosted1 refuses the topic sent there (run reads every context's meters).
     in_context = window_refusals(settings, [hourly], "acct_Hosted1")
     assert sorted(r.split(":")[0] for r in in_context) == ["hosted", "hosted-fixes"]
+
+
+def test_count_meters_are_refused_for_aggregated_topics() -> None:
+    import dataclasses
+
+    from connector.commands.check_stripe import aggregation_refusal
+
+    settings = load_settings(ENV)
+    topic = dataclasses.replace(settings.topics[0], aggregate_s=60)
+    counting = Meter("mtr_2", "api", "API", "active", "count", "stripe_customer_id", "value", False, None)
+    summing = dataclasses.replace(counting, formula="sum")
+    refusal = aggregation_refusal(topic, counting)
+    assert refusal is not None and "formula count" in refusal and "_AGGREGATE" in refusal
+    assert aggregation_refusal(dataclasses.replace(topic, aggregate_s=None), counting) is None
+    assert aggregation_refusal(topic, summing) is None

@@ -76,3 +76,20 @@ def test_the_bundled_correction_schema_has_every_field_the_mapper_reads() -> Non
     from connector.config.corrections import COORDINATE_FIELDS, CORRECTION_FIELDS
 
     assert {name for name, _role, _required in CORRECTION_FIELDS} | set(COORDINATE_FIELDS) <= names
+
+
+def test_aggregation_settings_and_their_problems(env: dict[str, str]) -> None:
+    env |= {"TOPIC_USAGE_AGGREGATE": "15m", "TOPIC_USAGE_AGGREGATE_GRACE": "5"}
+    usage = load_settings(env).topics[0]
+    assert (usage.aggregate_s, usage.aggregate_grace_s, usage.aggregate_max_age_s) == (900, 5.0, 905.0)
+    env |= {
+        "TOPIC_USAGE_AGGREGATE": "7m",
+        "TOPIC_USAGE_CONTEXT_FIELD": "tenant",
+        "TOPIC_FIXES_AGGREGATE": "1m",
+    }
+    found = "\n".join(problems_of(env))
+    assert "TOPIC_USAGE_AGGREGATE must be a window that divides a day" in found
+    assert "TOPIC_USAGE_AGGREGATE and TOPIC_USAGE_CONTEXT_FIELD" in found
+    assert "TOPIC_FIXES_AGGREGATE does not apply to a corrections topic" in found
+    del env["TOPIC_USAGE_AGGREGATE"]
+    assert any("AGGREGATE_GRACE is set but TOPIC_USAGE_AGGREGATE is not" in p for p in problems_of(env))
