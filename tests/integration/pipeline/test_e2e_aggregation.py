@@ -139,3 +139,45 @@ def test_aggregates_are_exact_per_customer_and_minute_across_ten_sigkills(
     hour = start_ms // 3_600_000 * 3600
     report = reconcile(settings, settings.topic(topic), hour, hour + 2 * 3600, "hour", from_beginning=True)
     assert not report.differences, report.differences[:3]
+
+
+def test_rebalances_with_three_members_and_late_records_stay_exact(
+    kafka_bootstrap: str,
+    emulator: Callable[..., str],
+    make_topic: Callable[..., str],
+    group_id: str,
+    tmp_path: Path,
+) -> None:
+    url = emulator(latency_ms=30)
+    meter = create_meter(url)
+    rng = random.Random(29)
+    topic = make_topic(partitions=6)
+    make_topic(partitions=1, name=f"{topic}.dlq")
+    start_ms = (int(time.time() * 1000) - 5 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+    pairs, truth = records(rng, 60_000, 300, start_ms, 3 * MINUTE_MS)
+    ends = produce(kafka_bootstrap, topic, pairs, 6)
+    key = topic.upper().replace("-", "_").replace(".", "_")
+    env = connector_env(
+        kafka_bootstrap,
+        url,
+        [topic],
+        group_id,
+        CONNECTOR_MAX_IN_FLIGHT="1",
+        **{f"TOPIC_{key}_AGGREGATE": "1m", f"TOPIC_{key}_AGGREGATE_MAX_AGE": "1"},
+    )
+    with ConnectorProcess(env, tmp_path) as first:
+        wait_until(lambda: "assigned" in first.log(), 60, message="the first member's assignment")
+        wait_until(lambda: emulator_stats(url)["events_accepted"] > 0, 60, message="first events")
+        # Two more members join while the first is mid-window: partitions move with segments open.
+        with ConnectorProcess(env, tmp_path) as second, ConnectorProcess(env, tmp_path) as third:
+            wait_until(lambda: "assigned" in third.log(), 60, message="the third member's assignment")
+            time.sleep(1.0)
+            assert second.stop() == 0, second.log()  # a graceful leave: its partitions are revoked
+            # Late records: the first minute was flushed long ago; each starts a new aggregate.
+            late, late_truth = records(rng, 3_000, 300, start_ms, MINUTE_MS // 2)
+            ends |= produce(kafka_bootstrap, topic, late, 6)
+            truth.update(late_truth)
+            wait_until(lambda: committed(kafka_bootstrap, group_id, ends) == ends, 150, message="commits")
+            assert third.stop() == 0, third.log()
+        assert first.stop() == 0, first.log()
+    assert minute_totals(url, meter, set(truth)) == truth
