@@ -441,6 +441,7 @@ class Pipeline:
             if error is None:
                 for offset in aggregate.offsets:
                     offsets.done(offset)
+                self.progress.delivered += aggregate.count
                 continue
             record = dead_letter_of(aggregate, offsets)
             self._dead_letter(record, error.at(record.coordinates), offsets, covers=aggregate.offsets)

@@ -174,6 +174,7 @@ def test_contexts_are_isolated_exact_across_sigkills_and_reconcile_to_zero(
             f"TOPIC_{key_of(fixes)}_KIND": "corrections",
             f"TOPIC_{key_of(fixes)}_STRIPE_CONTEXT": STATIC,
             "CONNECTOR_RETRY_MAX_ELAPSED_S": "5",
+            "KAFKA_GROUP_INSTANCE_ID": f"{group_id}-member",  # a restart rejoins at once
         },
     )
     # A 429 storm on one account: everyone else is delivered exactly while it still has nothing.

@@ -142,7 +142,12 @@ def test_corrections_cancel_replace_and_compensate_exactly_across_sigkills(
     ends = produce(kafka_bootstrap, usage_topic, used.pairs, 2)
     key = fixes.upper().replace("-", "_").replace(".", "_")
     env = connector_env(
-        kafka_bootstrap, url, [usage_topic, fixes], group_id, **{f"TOPIC_{key}_KIND": "corrections"}
+        kafka_bootstrap,
+        url,
+        [usage_topic, fixes],
+        group_id,
+        KAFKA_GROUP_INSTANCE_ID=f"{group_id}-member",  # a restart rejoins at once (static membership)
+        **{f"TOPIC_{key}_KIND": "corrections"},
     )
     env.pop(f"TOPIC_{key}_EVENT_NAME")
     run_with_kills(env, tmp_path, rng, 0, lambda: committed(kafka_bootstrap, group_id, ends) == ends)
