@@ -10,7 +10,7 @@ from connector.config.settings import TopicSettings
 from connector.errors import FatalError, MappingError, RecordRejected
 from connector.mapping.identifiers import MAX_IDENTIFIER, derived_identifier
 from connector.mapping.mapper import context_reader
-from connector.mapping.timestamps import MILLIS, out_of_range, parse_time, second_prefix
+from connector.mapping.timestamps import format_millis, out_of_range, parse_time
 from connector.mapping.values import format_value, not_whole, show, text_entries
 from connector.records import Coordinates, MeterEvent
 
@@ -102,7 +102,7 @@ class CorrectionMapper:
             customer=_text(record, "stripe_customer_id"),
             original_value=self._value(record, "original_value"),
             replacement_value=self._value(record, "replacement_value"),
-            timestamp=_rfc3339(millis),
+            timestamp=format_millis(millis, {}),
             timestamp_ms=millis,
             reason=str(record.get("reason") or ""),
             attributes=text_entries(dict(record.get("attributes") or {}), "attributes"),
@@ -153,8 +153,3 @@ def _original(record: dict[str, Any], namespace_of: NamespaceOf) -> str:
     if int(partition) < 0 or int(offset) < 0:
         raise MappingError("original_partition/original_offset: negative", code="invalid_coordinates")
     return derived_identifier(str(topic), namespace, int(partition), int(offset))
-
-
-def _rfc3339(millis: int) -> str:
-    second, ms = divmod(millis, 1000)
-    return second_prefix({}, second, "timestamp") + MILLIS[ms]

@@ -48,6 +48,12 @@ def second_prefix(cache: dict[int, str], second: int, field: str) -> str:
     return text
 
 
+def format_millis(millis: int, cache: dict[int, str], field: str = "timestamp") -> str:
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` of unix milliseconds, the seconds' prefix remembered in ``cache``."""
+    second, ms = divmod(millis, 1000)
+    return second_prefix(cache, second, field) + MILLIS[ms]
+
+
 def parse_time(value: Any, field: str) -> int:
     """Milliseconds of a timestamp given as an RFC 3339 string or an aware datetime."""
     if type(value) is str:

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, cast
 
 from connector.config.settings import Settings, TopicSettings
 from connector.errors import RecordRejected
-from connector.mapping.timestamps import MILLIS, second_prefix
+from connector.mapping.timestamps import format_millis
 from connector.pipeline.aggregation import (
     Aggregate,
     Flush,
@@ -54,8 +54,6 @@ class Aggregating:
         self.max_records = settings.pipeline.aggregate_max_records
         self._seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> unix seconds
         self._stamps: dict[int, str] = {}  # unix seconds -> RFC 3339 prefix
-        self.flushes: dict[str, int] = {}  # closed segments by reason
-        self.records = self.events = 0  # records aggregated, events made of them
         self._late_released = 0  # late records counted by aggregators since dropped
 
     @property
@@ -101,14 +99,13 @@ class Aggregating:
                 time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")
             )
         millis = second * 1000 + int(stamp[20:23])
-        self.records += 1
         return aggregator.add(offset, payload[customer_key], payload[value_key], millis, rest, now)
 
     def due(self, now: float) -> list[tuple[PartitionOffsets, Flush]]:
         """Segments to close now (event time, age), and the largest ones while too many records are held."""
         closing = []
         for offsets, aggregator in list(self._aggregators.values()):
-            flush = aggregator.due(now, _next(offsets))
+            flush = aggregator.due(now, offsets.next_offset)
             if flush is not None:
                 closing.append((offsets, flush))
         while self.held - sum(f.segment.records for _o, f in closing) > self.max_records:
@@ -116,14 +113,14 @@ class Aggregating:
             if largest is None:
                 break
             offsets, aggregator = largest
-            closing.append((offsets, aggregator._close(_next(offsets), "size")))
+            closing.append((offsets, aggregator.close(offsets.next_offset, "size")))
         return closing
 
     def close_all(self) -> list[tuple[PartitionOffsets, Flush]]:
         """Close every open segment (revoke, shutdown); fixed ones wait for their end (replayed later)."""
         closing = []
         for offsets, aggregator in list(self._aggregators.values()):
-            flush = aggregator.close_all(_next(offsets))
+            flush = aggregator.close_all(offsets.next_offset)
             if flush is not None:
                 closing.append((offsets, flush))
         return closing
@@ -134,7 +131,6 @@ class Aggregating:
         """The events of a closed segment, after its range was fixed in the ledger (unless a run before
         fixed it already); the items carry the aggregate where a record's message would be."""
         segment = flush.segment
-        self.flushes[flush.reason] = self.flushes.get(flush.reason, 0) + 1
         if not segment.aggregates:
             return []
         assert segment.end is not None
@@ -146,13 +142,11 @@ class Aggregating:
         for key, aggregate in segment.aggregates.items():
             payload, millis = event_fields(aggregate, formula, topic.customer_key, topic.value_key)
             identifier = aggregate_identifier(namespace, offsets.partition, segment.start, segment.end, key)
-            second, ms = divmod(millis, 1000)
-            stamp = second_prefix(self._stamps, second, "window") + MILLIS[ms]
+            stamp = format_millis(millis, self._stamps, "window")
             event = MeterEvent(identifier, topic.event_name, stamp, payload, context)
             # The aggregate stands where a record's message would: the loop tells them apart by type.
             items.append(Item(event, cast(Any, aggregate), offsets))
         segment.out = len(items)
-        self.events += len(items)
         self._sent[id(offsets)] = self._sent.get(id(offsets), 0) + segment.records
         return items
 
@@ -196,9 +190,7 @@ class Aggregating:
         return offsets, aggregator
 
 
-def dead_letter_of(
-    aggregate: Aggregate, offsets: PartitionOffsets, event: MeterEvent | None = None
-) -> KafkaRecord:
+def dead_letter_of(aggregate: Aggregate, offsets: PartitionOffsets) -> KafkaRecord:
     """The one dead letter of an aggregate Stripe refused: its key, value and the ranges of its records
     (the records themselves stay in Kafka: ``reconcile`` or a re-read names them)."""
     customer, window, rest = aggregate.key
@@ -207,8 +199,6 @@ def dead_letter_of(
         "records": aggregate.count,
         "offsets": _ranges(list(aggregate.offsets)),
     }
-    if event is not None:
-        document["event"] = event.as_json()
     return KafkaRecord(
         offsets.topic,
         offsets.partition,
@@ -231,10 +221,3 @@ def _ranges(offsets: list[int]) -> str:
         if offset is not None:
             start = previous = offset
     return ",".join(parts)
-
-
-def _next(offsets: PartitionOffsets) -> int:
-    """One past the last offset the partition handed out (where a segment closed now ends)."""
-    position = offsets.committable()
-    last = offsets._next
-    return last if last is not None else (position or 0)

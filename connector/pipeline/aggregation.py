@@ -151,7 +151,7 @@ class PartitionAggregator:
         closed = []
         segment = self.open
         if segment is not None and segment.fixed_end is not None and offset >= segment.fixed_end:
-            closed.append(self._close(segment.fixed_end, "fixed"))
+            closed.append(self.close(segment.fixed_end, "fixed"))
         while self.plan and self.plan[0][1] <= offset:
             self.plan.pop(0)
         return closed
@@ -172,14 +172,14 @@ class PartitionAggregator:
         if segment is None:
             return None
         if segment.fixed_end is not None:  # a replayed range closes at its end, whatever the time says
-            return self._close(segment.fixed_end, "fixed") if next_offset >= segment.fixed_end else None
+            return self.close(segment.fixed_end, "fixed") if next_offset >= segment.fixed_end else None
         if not segment.aggregates:
             return None
         assert segment.open_windows_end is not None
         if segment.open_windows_end + self.grace_ms <= self.watermark_ms:
-            return self._close(next_offset, "window")
+            return self.close(next_offset, "window")
         if now - segment.opened_at >= self.max_age_s:
-            return self._close(next_offset, "age")
+            return self.close(next_offset, "age")
         return None
 
     def close_all(self, next_offset: int) -> Flush | None:
@@ -189,9 +189,10 @@ class PartitionAggregator:
             return None
         if segment.fixed_end is not None and next_offset < segment.fixed_end:
             return None  # the rest of it is replayed by whoever reads this partition next
-        return self._close(segment.fixed_end or next_offset, "revoke")
+        return self.close(segment.fixed_end or next_offset, "revoke")
 
-    def _close(self, end: int, reason: str) -> Flush:
+    def close(self, end: int, reason: str) -> Flush:
+        """Close the open segment at ``end`` (one past its last record) for ``reason``."""
         segment = self.open
         assert segment is not None
         segment.end = end

@@ -78,6 +78,11 @@ class PartitionOffsets:
         """Records handed out and not yet done."""
         return len(self._outstanding) - len(self._done)
 
+    @property
+    def next_offset(self) -> int:
+        """One past the last offset handed out (0 before any)."""
+        return self._next if self._next is not None else 0
+
     def committable(self) -> int | None:
         """The position to commit: the first undone offset, or one past the last tracked one."""
         if self._outstanding:

@@ -20,6 +20,7 @@ from connector.stripe.limits import ADJUSTMENTS_PATH, IDEMPOTENCY_KEY
 from connector.stripe.outcomes import Action, Outcome, classify
 from connector.stripe.ratelimit import Sleep
 from connector.stripe.retry import Retrier, RetryPolicy
+from connector.stripe.session import key_headers
 
 
 class Cancel(enum.Enum):
@@ -73,16 +74,9 @@ class Adjuster:
         sleep: Sleep | None = None,
     ) -> None:
         self._http = http
-        self._key = api_key
         self._redact = Redactor([api_key.reveal()])
         self.url = api_base.rstrip("/") + ADJUSTMENTS_PATH
-        self._headers = {
-            "Authorization": f"Bearer {api_key.reveal()}",
-            "Content-Type": "application/json",
-            "Stripe-Version": api_version,
-        }
-        if context is not None:
-            self._headers["Stripe-Context"] = context
+        self._headers = key_headers(api_key, api_version, context)
         self._retry = retry
         self._clock = clock
         self._wall_clock = wall_clock

@@ -146,11 +146,7 @@ class ContextSenders:
                 api_base=stripe.api_base,
                 api_version=stripe.api_version,
                 context=context,
-                retry=RetryPolicy(
-                    max_elapsed_s=settings.retry_max_elapsed_s,
-                    initial_backoff_s=settings.retry_initial_backoff_ms / 1000,
-                    max_backoff_s=settings.retry_max_backoff_ms / 1000,
-                ),
+                retry=RetryPolicy.from_settings(settings),
                 clock=self._clock,
             )
             self._adjusters[context] = adjuster

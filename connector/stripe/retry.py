@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result
 
 from connector.stripe.outcomes import Action, Outcome
 from connector.stripe.ratelimit import Sleep
+
+if TYPE_CHECKING:
+    from connector.config.settings import SenderSettings
 
 Attempt = Callable[[], Awaitable[Outcome]]
 # Why the sender waits: a 429, no answer at all, any other retryable answer, or Stripe-Should-Retry: false.
@@ -24,6 +27,15 @@ class RetryPolicy:
     max_elapsed_s: float = 300.0
     initial_backoff_s: float = 0.2
     max_backoff_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, sender: SenderSettings) -> RetryPolicy:
+        """``CONNECTOR_RETRY_*`` as a policy (the stream sender's and the adjustments')."""
+        return cls(
+            max_elapsed_s=sender.retry_max_elapsed_s,
+            initial_backoff_s=sender.retry_initial_backoff_ms / 1000,
+            max_backoff_s=sender.retry_max_backoff_ms / 1000,
+        )
 
     def backoff(self, attempt: int, draw: float) -> float:
         """The wait after failed attempt number ``attempt`` (1-based); ``draw`` is uniform in [0, 1)."""

@@ -186,11 +186,7 @@ class MeterEventSender:
             "max_in_flight": sender.max_in_flight,
             "rate_limit_rps": sender.rate_limit_rps,
             "session_renew_margin_s": sender.session_renew_margin_s,
-            "retry": RetryPolicy(
-                max_elapsed_s=sender.retry_max_elapsed_s,
-                initial_backoff_s=sender.retry_initial_backoff_ms / 1000,
-                max_backoff_s=sender.retry_max_backoff_ms / 1000,
-            ),
+            "retry": RetryPolicy.from_settings(sender),
         }
         options.update(overrides)
         return cls(**options)

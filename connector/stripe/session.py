@@ -35,6 +35,19 @@ class SessionUnavailable(RetryableError):
         super().__init__(message)
 
 
+def key_headers(api_key: Secret, api_version: str, context: str | None) -> dict[str, str]:
+    """The headers of a v2 JSON request made with the secret key, in ``context`` when one is given
+    (``Stripe-Context``, as stripe-python sends its ``stripe_context`` option)."""
+    headers = {
+        "Authorization": f"Bearer {api_key.reveal()}",
+        "Content-Type": "application/json",
+        "Stripe-Version": api_version,
+    }
+    if context is not None:
+        headers["Stripe-Context"] = context
+    return headers
+
+
 class ContextRefused(ConnectorError):
     """Stripe refused to create a session in a context: the key cannot act in that account. Per
     context, not fatal: that context's events are dead-lettered with Stripe's reason."""
@@ -268,14 +281,7 @@ class SessionManager:
         self._session = None
 
     def _key_headers(self) -> dict[str, str]:
-        headers = {
-            "Authorization": f"Bearer {self._api_key.reveal()}",
-            "Content-Type": "application/json",
-            "Stripe-Version": self.api_version,
-        }
-        if self.context is not None:
-            headers["Stripe-Context"] = self.context
-        return headers
+        return key_headers(self._api_key, self.api_version, self.context)
 
     def __repr__(self) -> str:
         return (

@@ -18,6 +18,7 @@ import pytest
 
 from connector.commands.reconcile import reconcile
 from connector.config.environment import load_settings
+from connector.config.topics import topic_env_key
 from tests.support.harness import (
     API_KEY,
     ConnectorProcess,
@@ -67,6 +68,13 @@ def records(
     return pairs, truth
 
 
+def aggregated_env(bootstrap: str, url: str, topic: str, group: str, **extra: str) -> dict[str, str]:
+    """The connector's environment with ``topic`` aggregated per minute, segments at most 1 s old."""
+    key = topic_env_key(topic)
+    aggregation = {f"TOPIC_{key}_AGGREGATE": "1m", f"TOPIC_{key}_AGGREGATE_MAX_AGE": "1"}
+    return connector_env(bootstrap, url, [topic], group, **aggregation, **extra)
+
+
 def test_aggregates_are_exact_per_customer_and_minute_across_ten_sigkills(
     kafka_bootstrap: str,
     emulator: Callable[..., str],
@@ -86,11 +94,10 @@ def test_aggregates_are_exact_per_customer_and_minute_across_ten_sigkills(
     start_ms = (now_ms - 6 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
     pairs, truth = records(rng, 200_000, 500, start_ms, 5 * MINUTE_MS)
     ends = produce(kafka_bootstrap, topic, pairs, 4)
-    key = topic.upper().replace("-", "_").replace(".", "_")
-    env = connector_env(
+    env = aggregated_env(
         kafka_bootstrap,
         url,
-        [topic],
+        topic,
         group_id,
         CONNECTOR_MAX_IN_FLIGHT="4",
         # Static membership: each run is the same member restarted, so a restart takes its partitions back
@@ -99,7 +106,6 @@ def test_aggregates_are_exact_per_customer_and_minute_across_ten_sigkills(
         # Segments cut by age and by the held-records bound too, not only by event time: those cuts
         # depend on timing, so only the fixed ranges make a replay cut where the first run did.
         CONNECTOR_AGGREGATE_MAX_RECORDS="40000",
-        **{f"TOPIC_{key}_AGGREGATE": "1m", f"TOPIC_{key}_AGGREGATE_MAX_AGE": "1"},
     )
     for _ in range(10):
         with ConnectorProcess(env, tmp_path) as connector:
@@ -157,15 +163,7 @@ def test_rebalances_with_three_members_and_late_records_stay_exact(
     start_ms = (int(time.time() * 1000) - 5 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
     pairs, truth = records(rng, 60_000, 300, start_ms, 3 * MINUTE_MS)
     ends = produce(kafka_bootstrap, topic, pairs, 6)
-    key = topic.upper().replace("-", "_").replace(".", "_")
-    env = connector_env(
-        kafka_bootstrap,
-        url,
-        [topic],
-        group_id,
-        CONNECTOR_MAX_IN_FLIGHT="1",
-        **{f"TOPIC_{key}_AGGREGATE": "1m", f"TOPIC_{key}_AGGREGATE_MAX_AGE": "1"},
-    )
+    env = aggregated_env(kafka_bootstrap, url, topic, group_id, CONNECTOR_MAX_IN_FLIGHT="1")
     with ConnectorProcess(env, tmp_path) as first:
         wait_until(lambda: "assigned" in first.log(), 60, message="the first member's assignment")
         wait_until(lambda: emulator_stats(url)["events_accepted"] > 0, 60, message="first events")

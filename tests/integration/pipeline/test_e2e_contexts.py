@@ -25,6 +25,7 @@ import pytest
 from connector.commands.reconcile import reconcile
 from connector.config.environment import load_settings
 from connector.config.settings import DEFAULT_SCHEMA
+from connector.config.topics import topic_env_key
 from connector.kafka.deadletter import HEADER_CODE, HEADER_CONTEXT
 from tests.integration.pipeline.test_e2e_corrections import correction_bytes
 from tests.support.faults import read_topic
@@ -44,10 +45,6 @@ STATIC = "acct_1Static"
 GHOST = "acct_1Ghost"  # never connected: the key cannot act in it
 THROTTLED = TENANTS[1]
 CUSTOMERS = [f"cus_ctx{n}" for n in range(5)]
-
-
-def key_of(topic: str) -> str:
-    return topic.upper().replace("-", "_").replace(".", "_")
 
 
 def tenant_schema(tmp_path: Path) -> tuple[Path, Any]:
@@ -167,12 +164,12 @@ def test_contexts_are_isolated_exact_across_sigkills_and_reconcile_to_zero(
         [tenants, static, fixes],
         group_id,
         **{
-            f"TOPIC_{key_of(tenants)}_SCHEMA": str(schema_path),
-            f"TOPIC_{key_of(tenants)}_CONTEXT_FIELD": "tenant",
-            f"TOPIC_{key_of(static)}_SCHEMA": str(schema_path),
-            f"TOPIC_{key_of(static)}_STRIPE_CONTEXT": STATIC,
-            f"TOPIC_{key_of(fixes)}_KIND": "corrections",
-            f"TOPIC_{key_of(fixes)}_STRIPE_CONTEXT": STATIC,
+            f"TOPIC_{topic_env_key(tenants)}_SCHEMA": str(schema_path),
+            f"TOPIC_{topic_env_key(tenants)}_CONTEXT_FIELD": "tenant",
+            f"TOPIC_{topic_env_key(static)}_SCHEMA": str(schema_path),
+            f"TOPIC_{topic_env_key(static)}_STRIPE_CONTEXT": STATIC,
+            f"TOPIC_{topic_env_key(fixes)}_KIND": "corrections",
+            f"TOPIC_{topic_env_key(fixes)}_STRIPE_CONTEXT": STATIC,
             "CONNECTOR_RETRY_MAX_ELAPSED_S": "5",
             "KAFKA_GROUP_INSTANCE_ID": f"{group_id}-member",  # a restart rejoins at once
         },

@@ -75,7 +75,7 @@ def test_a_replay_cuts_along_the_fixed_ranges_and_rebuilds_the_same_aggregates()
         for offset, customer, value in records:
             flushes += agg.add(offset, customer, value, T0 + offset, (), now=0)
             if offset in closes_at and agg.open is not None and agg.open.fixed_end is None:
-                flushes.append(agg._close(offset + 1, "age"))
+                flushes.append(agg.close(offset + 1, "age"))
         if (last := agg.close_all(40)) is not None:
             flushes.append(last)
         return flushes
