@@ -217,7 +217,7 @@ def _meter_finding(
             "the name: until then Stripe drops these events (no_meter)"
         )
     meter = active[0]
-    refusal = window_refusal(name, meter) or aggregation_refusal(topic, meter, name)
+    refusal = window_refusal(topic, meter, name) or aggregation_refusal(topic, meter, name)
     if refusal is not None:
         return True, refusal
     wrong: list[str] = []
@@ -239,16 +239,18 @@ def _meter_finding(
     )
 
 
-def window_refusal(topic: str, meter: Any) -> str | None:
-    """Why ``topic`` cannot be sent to ``meter``, a pre-aggregated meter; None when it can."""
+def window_refusal(topic: TopicSettings, meter: Any, name: str | None = None) -> str | None:
+    """Why ``topic`` cannot be sent to ``meter``, a pre-aggregated meter (one with an event_time_window);
+    None when it can: the topic is pre-aggregated, so the connector sends running window totals."""
     window = meter.event_time_window
-    if window is None:
+    if window is None or topic.aggregate_s:
         return None
     return (
-        f"{topic}: meter {meter.id} ({meter.event_name!r}) has event_time_window={window}: Stripe keeps only "
-        f"the most recently received event per customer and {window}, so one event per record would bill "
-        f"only the last record of each {window}; kafka-stripe does not send window totals yet. Use a meter "
-        "without event_time_window for this topic"
+        f"{name or topic.name}: meter {meter.id} ({meter.event_name!r}) has event_time_window={window}: "
+        f"Stripe keeps only the most recently received event per customer and {window}, so one event per "
+        f"record would bill only the last record of each {window}. Set "
+        f"TOPIC_{topic_env_key(topic.name)}_AGGREGATE (e.g. 1m) so the connector sends each customer's "
+        f"running total for the {window}, or use a meter without event_time_window"
     )
 
 
@@ -273,7 +275,7 @@ def window_refusals(settings: Settings, meters: Sequence[Any], context: str | No
         meter = next((m for m in meters if m.event_name == topic.event_name and m.active), None)
         refusal = None
         if meter is not None:
-            refusal = window_refusal(topic.name, meter) or aggregation_refusal(topic, meter)
+            refusal = window_refusal(topic, meter) or aggregation_refusal(topic, meter)
         if refusal is not None:
             refusals.append(refusal)
     return refusals

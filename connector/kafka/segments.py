@@ -2,9 +2,10 @@
 already be at Stripe, so that whoever reads the partition next cuts its records exactly there again.
 
 Record key: ``[namespace, event_name, topic_id, partition, "segments"]`` (five elements: the mark readers'
-``LedgerKey.decode`` passes over it); value: ``{"segments": [[start, end], ...], "written_at": ms}``, the
-latest record of a key wins (the topic is compacted). Ranges below a reader's committed offset are stale
-and ignored by it (``connector.pipeline.aggregation``).
+``LedgerKey.decode`` passes over it); value: ``{"segments": [[start, end], ...], "written_at": ms}``, where
+a range of a window-total meter's topic has a third element, the running totals after it
+(``connector.pipeline.window_totals``); the latest record of a key wins (the topic is compacted). Ranges
+below a reader's committed offset are stale and ignored by it (``connector.pipeline.aggregation``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 from connector.kafka.delivery_ledger import LedgerError, LedgerKey
 
 _TAG = "segments"
-Ranges = list[tuple[int, int]]
+# [start, end) and the window totals after the range (None: not a window-total meter's topic)
+Range = tuple[int, int, dict[str, Any] | None]
+Ranges = list[Range]
 
 
 def segments_key(key: LedgerKey) -> bytes:
@@ -32,18 +35,17 @@ def decode_segments(raw_key: bytes | None, raw_value: bytes | None) -> tuple[Led
         if key is None:
             return None
         ranges = json.loads(raw_value)["segments"] if raw_value is not None else []
-        return key, [(int(start), int(end)) for start, end in ranges]
+        return key, [(int(r[0]), int(r[1]), r[2] if len(r) > 2 else None) for r in ranges]
     except (ValueError, TypeError, KeyError):
         return None
 
 
-def write_segments(
-    producer: Any, ledger_topic: str, key: LedgerKey, ranges: Sequence[tuple[int, int]]
-) -> None:
+def write_segments(producer: Any, ledger_topic: str, key: LedgerKey, ranges: Sequence[Range]) -> None:
     """Write ``ranges`` for ``key`` and wait for the broker's acknowledgement (raises ``LedgerError``):
     the aggregates of a range may be sent only once it is durable."""
     failures: list[str] = []
-    value = json.dumps({"segments": [list(r) for r in ranges], "written_at": int(time.time() * 1000)})
+    rows = [[start, end] if totals is None else [start, end, totals] for start, end, totals in ranges]
+    value = json.dumps({"segments": rows, "written_at": int(time.time() * 1000)}, separators=(",", ":"))
 
     def report(err: Any, _msg: Any) -> None:
         if err is not None:

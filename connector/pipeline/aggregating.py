@@ -1,12 +1,16 @@
 """Pre-aggregation on the consumer thread: a ``PartitionAggregator`` per partition epoch, each closed segment
 fixed in the ledger (``IdentityPort.fix_segment``) before its events are batched, and its records marked
-done only when Stripe answered every one of its aggregates (the invariant in ``pipeline.aggregation``)."""
+done only when Stripe answered every one of its aggregates (the invariant in ``pipeline.aggregation``).
+
+A window-total meter's partition sends one segment at a time: Stripe keeps the latest event it *received*
+per customer and window, so a running total may go out only once the one before it was accepted."""
 
 from __future__ import annotations
 
 import calendar
 import json
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, NamedTuple, cast
 
@@ -15,6 +19,7 @@ from connector.errors import RecordRejected
 from connector.mapping.timestamps import format_millis
 from connector.pipeline.aggregation import (
     Aggregate,
+    Fixed,
     Flush,
     PartitionAggregator,
     aggregate_identifier,
@@ -24,6 +29,14 @@ from connector.pipeline.batching import Item
 from connector.pipeline.identity import IdentityPort
 from connector.pipeline.offsets import PartitionOffsets
 from connector.records import KafkaRecord, MeterEvent
+
+
+class AggregatedMeter(NamedTuple):
+    """What an aggregated topic's meter decides: ``sum`` or ``last``, and its ``event_time_window`` in
+    seconds (None: every event counts; else the running window totals are sent)."""
+
+    formula: str = "sum"
+    window_s: int | None = None
 
 
 class Run(NamedTuple):
@@ -44,11 +57,16 @@ class Answered(NamedTuple):
 class Aggregating:
     """Owns the aggregators of the aggregated topics' partitions (see the module docstring)."""
 
-    def __init__(self, settings: Settings, identity: IdentityPort, formulas: Mapping[str, str]) -> None:
+    def __init__(
+        self, settings: Settings, identity: IdentityPort, meters: Mapping[str, AggregatedMeter]
+    ) -> None:
         self.topics: dict[str, TopicSettings] = {t.name: t for t in settings.topics if t.aggregate_s}
         self._identity = identity
-        self._formulas = formulas  # topic -> its meter's formula ("sum" or "last")
+        self._meters = meters  # topic -> its meter's formula and window
         self._aggregators: dict[int, tuple[PartitionOffsets, PartitionAggregator]] = {}
+        # Window-total partitions: closed segments waiting for the one before to be answered.
+        self._queues: dict[int, deque[Flush]] = {}
+        self._current: dict[int, Flush] = {}
         # Records of closed segments not yet answered in full, per partition epoch.
         self._sent: dict[int, int] = {}
         self.max_records = settings.pipeline.aggregate_max_records
@@ -79,12 +97,14 @@ class Aggregating:
                 topic.aggregate_grace_s,
                 topic.aggregate_max_age_s,
                 self._identity.plan(offsets),
+                self._meters.get(topic.name, AggregatedMeter()).window_s,
             )
             found = self._aggregators[id(offsets)] = (offsets, aggregator)
         return Run(found[1], topic.customer_key, topic.value_key)
 
     def add(self, run: Run, event: MeterEvent, offset: int, now: float) -> list[Flush]:
-        """Add a mapped record's event to its partition's open segment."""
+        """Add a mapped record's event to its partition's open segment (``RecordRejected``: a window
+        total no longer kept)."""
         payload = event.payload
         aggregator, customer_key, value_key = run
         rest = (
@@ -100,6 +120,36 @@ class Aggregating:
             )
         millis = second * 1000 + int(stamp[20:23])
         return aggregator.add(offset, payload[customer_key], payload[value_key], millis, rest, now)
+
+    def admit(self, offsets: PartitionOffsets, closed: list[Flush]) -> list[Flush]:
+        """The closed segments that may be sent now: all of them, but for a window-total meter's partition
+        one at a time, in order, each once the one before was answered (the rest wait here)."""
+        if (
+            offsets.topic not in self.topics
+            or not self._meters.get(offsets.topic, AggregatedMeter()).window_s
+        ):
+            return closed
+        self._queues.setdefault(id(offsets), deque()).extend(closed)
+        return self._release(offsets)
+
+    def released(self) -> list[tuple[PartitionOffsets, Flush]]:
+        """Waiting segments whose turn came (the one before them was answered)."""
+        ready = []
+        for key, queue in self._queues.items():
+            if queue:
+                offsets = self._aggregators[key][0]
+                ready += [(offsets, flush) for flush in self._release(offsets)]
+        return ready
+
+    def _release(self, offsets: PartitionOffsets) -> list[Flush]:
+        queue = self._queues[id(offsets)]
+        current = self._current.get(id(offsets))
+        ready = []
+        while queue and (current is None or current.segment.settled):
+            current = self._current[id(offsets)] = queue.popleft()
+            current.segment.settled = not current.segment.aggregates
+            ready.append(current)
+        return ready
 
     def due(self, now: float) -> list[tuple[PartitionOffsets, Flush]]:
         """Segments to close now (event time, age), and the largest ones while too many records are held."""
@@ -134,10 +184,10 @@ class Aggregating:
         if not segment.aggregates:
             return []
         assert segment.end is not None
-        if flush.reason != "fixed" and segment.fixed_end is None:
-            self._identity.fix_segment(offsets, segment.start, segment.end)
+        if segment.fixed_end is None:
+            self._identity.fix_segment(offsets, Fixed(segment.start, segment.end, segment.snapshot))
         topic = self.topics[offsets.topic]
-        formula = self._formulas.get(topic.name, "sum")
+        formula = self._meters.get(topic.name, AggregatedMeter()).formula
         items = []
         for key, aggregate in segment.aggregates.items():
             payload, millis = event_fields(aggregate, formula, topic.customer_key, topic.value_key)
@@ -159,6 +209,7 @@ class Aggregating:
         segment.out -= 1
         if segment.out > 0:
             return None
+        segment.settled = True
         if id(offsets) in self._sent:
             self._sent[id(offsets)] -= segment.records
         return Answered(offsets, segment.finished)
@@ -170,6 +221,8 @@ class Aggregating:
                 self._late_released += self._aggregators[key][1].late
                 del self._aggregators[key]
                 self._sent.pop(key, None)
+                self._queues.pop(key, None)
+                self._current.pop(key, None)
 
     def open_aggregates(self) -> int:
         return sum(len(a.open.aggregates) for _o, a in self._aggregators.values() if a.open is not None)

@@ -11,6 +11,11 @@ first cut along the fixed ranges again: the same records, mapped the same way, g
 with the same identifiers, which Stripe deduplicates (the delivery ledger after 24 hours). Only past the
 last fixed range are new segments formed.
 
+For a meter with an ``event_time_window`` (Stripe keeps the latest event per customer and window) the
+aggregates are keyed by the meter's window, and each is sent as the customer's running total for it
+(``connector.pipeline.window_totals``): the totals after a segment are fixed with its range, so a replay
+starts from the totals its first fixed range began with.
+
 Nothing here knows Kafka, HTTP or the clock: the caller passes offsets, event times and ``now``.
 """
 
@@ -21,6 +26,8 @@ from array import array
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
+
+from connector.pipeline.window_totals import Snapshot, Total, WindowTotals, total_text
 
 # What records of one aggregate share: the customer, the window's start (unix seconds) and the payload
 # without the value (every other payload key is part of the key: values that differ never merge).
@@ -33,12 +40,14 @@ class Aggregate:
     Offsets, not messages: a segment may hold a minute of a busy partition, and eight bytes a record
     keep that cheap. If Stripe refuses the aggregate, one dead letter names its records by range."""
 
-    __slots__ = ("count", "key", "last_ms", "last_value", "offsets", "segment", "total")
+    __slots__ = ("count", "key", "last_ms", "last_value", "offsets", "running", "segment", "total")
 
     def __init__(self, key: AggregateKey, segment: Segment) -> None:
         self.key = key
         self.segment = segment
-        self.total: int | Decimal = 0
+        self.total: Total = 0
+        # Window-total meters: the running (total, latest time, latest value) sent for this aggregate.
+        self.running: tuple[Total, int, str] | None = None
         self.count = 0
         self.last_ms = -1
         self.last_value = "0"
@@ -56,6 +65,14 @@ class Aggregate:
         return self.segment.start
 
 
+class Fixed(NamedTuple):
+    """A range a run fixed before sending its aggregates, with the window totals after it (if any)."""
+
+    start: int
+    end: int
+    snapshot: Snapshot | None = None
+
+
 class Segment:
     """An offset range of one partition and the aggregates of its records."""
 
@@ -64,10 +81,13 @@ class Segment:
         "end",
         "finished",
         "fixed_end",
+        "latest_window_ms",
         "open_windows_end",
         "opened_at",
         "out",
         "records",
+        "settled",
+        "snapshot",
         "start",
     )
 
@@ -79,20 +99,27 @@ class Segment:
         self.aggregates: dict[AggregateKey, Aggregate] = {}
         self.records = 0  # records in its aggregates
         self.open_windows_end: int | None = None  # the earliest end (ms) among its windows
+        self.latest_window_ms = -1  # the latest start (ms) among its windows
         self.out = 0  # aggregates handed to the sender and not yet answered
+        self.settled = False  # every aggregate answered (or none to send)
+        self.snapshot: Snapshot | None = None  # window totals after it (window-total meters)
         # Answered aggregates and Stripe's refusal (None: accepted). Their records are marked done only
         # when the whole segment is answered, so a commit never lands inside a segment.
         self.finished: list[tuple[Aggregate, Any]] = []
 
-    def add(self, key: AggregateKey, value: str, millis: int, offset: int, window_ms: int) -> None:
+    def add(
+        self, key: AggregateKey, value: str, millis: int, offset: int, window_start_ms: int, end: int
+    ) -> None:
+        """Add a record to its aggregate; ``window_start_ms``/``end``: the closing window it lies in."""
         aggregate = self.aggregates.get(key)
         if aggregate is None:
             aggregate = self.aggregates[key] = Aggregate(key, self)
         aggregate.add(value, millis, offset)
         self.records += 1
-        end = key[1] * 1000 + window_ms
         if self.open_windows_end is None or end < self.open_windows_end:
             self.open_windows_end = end
+        if window_start_ms > self.latest_window_ms:
+            self.latest_window_ms = window_start_ms
 
 
 class Flush(NamedTuple):
@@ -103,18 +130,30 @@ class Flush(NamedTuple):
 
 
 class PartitionAggregator:
-    """One partition's open segment and the ranges a previous run fixed (``plan``)."""
+    """One partition's open segment and the ranges a previous run fixed (``plan``). Segments close on
+    windows of ``window_s``; aggregates are keyed by that window, or with ``totals_window_s`` (a
+    window-total meter) by the meter's window, and carry running totals."""
 
-    def __init__(self, window_s: int, grace_s: float, max_age_s: float, plan: list[tuple[int, int]]) -> None:
-        self.window_s = window_s
+    def __init__(
+        self,
+        window_s: int,
+        grace_s: float,
+        max_age_s: float,
+        plan: list[tuple[int, int]] | list[Fixed],
+        totals_window_s: int | None = None,
+    ) -> None:
         self.window_ms = window_s * 1000
         self.grace_ms = int(grace_s * 1000)
         self.max_age_s = max_age_s
-        self.plan = sorted(plan)  # fixed [start, end) ranges not yet replayed, in order
+        fixed = sorted(Fixed(*r) for r in plan)
+        self.plan = list(fixed)  # fixed [start, end) ranges not yet replayed, in order
+        self._bases = [(f.end, f.snapshot) for f in fixed]  # the totals after each fixed range
+        self.totals = WindowTotals(totals_window_s) if totals_window_s else None
+        self.key_window_s = totals_window_s or window_s
         self.open: Segment | None = None
         self.watermark_ms = -1  # the latest event time seen in this partition
         self.late = 0  # records for a window that an earlier segment of this run already flushed
-        self._flushed_window = -1  # the latest window start (s) any closed segment held
+        self._flushed_window_ms = -1  # the latest closing window start any closed segment held
 
     def add(
         self,
@@ -125,18 +164,32 @@ class PartitionAggregator:
         rest: tuple[tuple[str, str], ...],
         now: float,
     ) -> list[Flush]:
-        """Take one mapped record; returns the segments it closed (a fixed end reached before it)."""
+        """Take one mapped record; returns the segments it closed (a fixed end reached before it).
+        Raises ``RecordRejected`` (before anything changes) for a window whose total is no longer kept."""
+        window = millis // 1000 // self.key_window_s * self.key_window_s
+        totals = self.totals
+        if totals is not None:
+            if not totals.loaded:
+                self.watermark_ms = totals.load(self._base(offset))
+            totals.check(customer, window, self.watermark_ms)
+            rest = ()  # Stripe keeps one event per customer and window: other payload keys cannot split it
         closed = self._before(offset, now)
         segment = self.open
         if segment is None:
             segment = self.open = self._new_segment(offset, now)
-        window = millis // self.window_ms * self.window_s
-        if window <= self._flushed_window:
+        window_ms = millis // self.window_ms * self.window_ms
+        if window_ms <= self._flushed_window_ms:
             self.late += 1
-        segment.add((customer, window, rest), value, millis, offset, self.window_ms)
+        segment.add((customer, window, rest), value, millis, offset, window_ms, window_ms + self.window_ms)
         if millis > self.watermark_ms:
             self.watermark_ms = millis
         return closed
+
+    def _base(self, offset: int) -> Snapshot | None:
+        """The totals after the last fixed range ending at or before ``offset`` (the first record this
+        run adds): every range below it was replayed or skipped as delivered, none of it is added again."""
+        before = [snapshot for end, snapshot in self._bases if end <= offset]
+        return before[-1] if before else None
 
     def skip(self, offset: int, now: float) -> list[Flush]:
         """A record that joins no aggregate (dead-lettered, already delivered): it still belongs to the
@@ -147,11 +200,15 @@ class PartitionAggregator:
         return closed
 
     def _before(self, offset: int, now: float) -> list[Flush]:
-        """Close the open segment if ``offset`` lies past its fixed end; drop plan ranges now behind."""
+        """Close the open segment if ``offset`` lies past its fixed end (or, not fixed, reaches a fixed
+        range: its records never belong to a segment a run before fixed); drop plan ranges now behind."""
         closed = []
         segment = self.open
-        if segment is not None and segment.fixed_end is not None and offset >= segment.fixed_end:
-            closed.append(self.close(segment.fixed_end, "fixed"))
+        if segment is not None:
+            if segment.fixed_end is not None and offset >= segment.fixed_end:
+                closed.append(self.close(segment.fixed_end, "fixed"))
+            elif segment.fixed_end is None and self.plan and segment.start < self.plan[0].start <= offset:
+                closed.append(self.close(self.plan[0].start, "fixed"))
         while self.plan and self.plan[0][1] <= offset:
             self.plan.pop(0)
         return closed
@@ -159,7 +216,7 @@ class PartitionAggregator:
     def _new_segment(self, offset: int, now: float) -> Segment:
         """A segment from ``offset``: inside a fixed range it is that range exactly (its first record may
         be gone, e.g. a transaction marker, yet the identifiers must name the range as first fixed)."""
-        for start, end in self.plan:
+        for start, end, _snapshot in self.plan:
             if start <= offset < end:
                 return Segment(start, now, end)
         return Segment(offset, now, None)
@@ -197,9 +254,20 @@ class PartitionAggregator:
         assert segment is not None
         segment.end = end
         self.open = None
-        if segment.aggregates:
-            self._flushed_window = max(self._flushed_window, max(key[1] for key in segment.aggregates))
+        self._flushed_window_ms = max(self._flushed_window_ms, segment.latest_window_ms)
+        if self.totals is not None:
+            self._advance_totals(segment)
         return Flush(segment, reason)
+
+    def _advance_totals(self, segment: Segment) -> None:
+        """Window-total meters: each aggregate carries its customer's running total for the window."""
+        assert self.totals is not None
+        aggregates = segment.aggregates.values()
+        changes = {(a.key[0], a.key[1]): (a.total, a.last_ms, a.last_value) for a in aggregates}
+        running = self.totals.advance(changes, self.watermark_ms)
+        for aggregate in aggregates:
+            aggregate.running = running[(aggregate.key[0], aggregate.key[1])]
+        segment.snapshot = self.totals.snapshot(self.watermark_ms)
 
 
 def aggregate_identifier(namespace: str, partition: int, start: int, end: int, key: AggregateKey) -> str:
@@ -214,18 +282,14 @@ def event_fields(
     aggregate: Aggregate, formula: str, customer_key: str, value_key: str
 ) -> tuple[Mapping[str, str], int]:
     """The payload and event time (ms) of an aggregate's event: the sum at its window's start, or for a
-    ``last`` meter the latest value at its own time."""
+    ``last`` meter the latest value at its own time; for a window-total meter the running values."""
     customer, window, rest = aggregate.key
     payload = dict(rest)
     payload[customer_key] = customer
+    running = aggregate.running
+    total, last_ms, last_value = running or (aggregate.total, aggregate.last_ms, aggregate.last_value)
     if formula == "last":
-        payload[value_key] = aggregate.last_value
-        return payload, aggregate.last_ms
-    total = aggregate.total
-    payload[value_key] = str(total) if isinstance(total, int) else _decimal_text(total)
+        payload[value_key] = last_value
+        return payload, last_ms
+    payload[value_key] = total_text(total)
     return payload, window * 1000
-
-
-def _decimal_text(value: Decimal) -> str:
-    text = format(value.normalize(), "f")
-    return text if "." not in text else text.rstrip("0").rstrip(".")

@@ -26,9 +26,11 @@ from connector.kafka.delivery_ledger import (
     ensure_ledger_topic,
     read_ledger,
 )
-from connector.kafka.segments import decode_segments, write_segments
+from connector.kafka.segments import Ranges, decode_segments, write_segments
 from connector.kafka.topics import namespaces, topic_ids
+from connector.pipeline.aggregation import Fixed
 from connector.pipeline.offsets import PartitionOffsets
+from connector.pipeline.window_totals import Snapshot
 from connector.runtime.metrics import Telemetry
 
 log = logging.getLogger("kafka_stripe.pipeline")
@@ -48,8 +50,8 @@ class IdentityPort(Protocol):
     def start(self) -> None: ...
     def on_assign(self, partitions: Sequence[PartitionOffsets]) -> None: ...
     def before_commit(self, positions: Iterable[tuple[PartitionOffsets, int]]) -> None: ...
-    def plan(self, offsets: PartitionOffsets) -> list[tuple[int, int]]: ...
-    def fix_segment(self, offsets: PartitionOffsets, start: int, end: int) -> None: ...
+    def plan(self, offsets: PartitionOffsets) -> list[Fixed]: ...
+    def fix_segment(self, offsets: PartitionOffsets, fixed: Fixed) -> None: ...
     def close(self) -> None: ...
 
 
@@ -80,7 +82,7 @@ class Identity:
         self._configured = {t.name: t.namespace for t in settings.topics}
         self._written: dict[LedgerKey, int] = {}
         # Fixed pre-aggregation segments per partition (``connector.kafka.segments``), last read or written.
-        self._segments: dict[LedgerKey, list[tuple[int, int]]] = {}
+        self._segments: dict[LedgerKey, Ranges] = {}
         ledger_namespace = settings.pipeline.ledger_namespace
         if not ledger_namespace:
             raise ConfigurationError(["the delivery ledger needs a namespace (CONNECTOR_LEDGER_NAMESPACE)"])
@@ -136,7 +138,7 @@ class Identity:
                 self._report_skipped(offsets)
             ranges = self._segments.get(key)
             if ranges:  # segments wholly below the commit are done: the next write leaves them out
-                ranges[:] = [r for r in ranges if r[1] > position]
+                ranges[:] = _beyond(ranges, position)
         self._writer.poll(0)
         for failure in self._writer.failures():
             log.warning("could not write to the delivery ledger: %s", failure)
@@ -146,17 +148,24 @@ class Identity:
         if found is not None:
             self._segments[found[0]] = found[1]
 
-    def plan(self, offsets: PartitionOffsets) -> list[tuple[int, int]]:
+    def plan(self, offsets: PartitionOffsets) -> list[Fixed]:
         """The segments fixed for the partition (by any run before): a replay cuts its records there."""
-        return list(self._segments.get(self._key(offsets), ()))
+        try:
+            return [
+                Fixed(start, end, None if totals is None else Snapshot.decode(totals))
+                for start, end, totals in self._segments.get(self._key(offsets), ())
+            ]
+        except ValueError as exc:  # without the totals, a replay would send wrong window totals
+            raise FatalError(f"{offsets.topic}[{offsets.partition}]: {exc}") from None
 
-    def fix_segment(self, offsets: PartitionOffsets, start: int, end: int) -> None:
-        """Make ``[start, end)`` a fixed segment of the partition, durably, before its aggregates go out
+    def fix_segment(self, offsets: PartitionOffsets, fixed: Fixed) -> None:
+        """Make ``fixed`` a fixed segment of the partition, durably, before its aggregates go out
         (raises ``FatalError`` if the ledger does not acknowledge it: nothing of it was sent)."""
         assert self._writer is not None
         key = self._key(offsets)
         ranges = self._segments.setdefault(key, [])
-        ranges.append((start, end))
+        totals = None if fixed.snapshot is None else fixed.snapshot.encode()
+        ranges.append((fixed.start, fixed.end, totals))
         try:
             write_segments(self._writer.producer, self._writer.topic, key, ranges)
         except LedgerError as exc:
@@ -216,11 +225,19 @@ class StaticIdentity:
     def before_commit(self, positions: Iterable[tuple[PartitionOffsets, int]]) -> None:
         pass
 
-    def plan(self, offsets: PartitionOffsets) -> list[tuple[int, int]]:
+    def plan(self, offsets: PartitionOffsets) -> list[Fixed]:
         return []
 
-    def fix_segment(self, offsets: PartitionOffsets, start: int, end: int) -> None:
+    def fix_segment(self, offsets: PartitionOffsets, fixed: Fixed) -> None:
         pass  # no ledger: a benchmark or unit test, never a run that must survive a crash
 
     def close(self) -> None:
         pass
+
+
+def _beyond(ranges: Ranges, position: int) -> Ranges:
+    """The ranges a reader from ``position`` may replay, and the last one below it if it carries window
+    totals (a reader from ``position`` starts from them)."""
+    below = [r for r in ranges if r[1] <= position]
+    kept = [r for r in ranges if r[1] > position]
+    return below[-1:] + kept if below and below[-1][2] is not None else kept

@@ -40,7 +40,7 @@ from connector.kafka.deadletter import DeadLetterQueue
 from connector.mapping.corrections import CorrectionMapper
 from connector.mapping.mapper import Mapper
 from connector.pipeline.admission import Admission
-from connector.pipeline.aggregating import Aggregating, Run, dead_letter_of
+from connector.pipeline.aggregating import AggregatedMeter, Aggregating, Run, dead_letter_of
 from connector.pipeline.aggregation import Aggregate, Flush
 from connector.pipeline.batching import Batch, Batcher, Item
 from connector.pipeline.corrections import Corrected, CorrectionJob, Keys, StripePort, apply_correction
@@ -103,7 +103,7 @@ class Pipeline:
         telemetry: Telemetry | None = None,
         loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
         watch: StripeWatch | None = None,
-        aggregate_formulas: Mapping[str, str] | None = None,
+        aggregate_meters: Mapping[str, AggregatedMeter] | None = None,
     ) -> None:
         self.settings = settings
         # A telemetry without a server still counts: the hot path never checks for None.
@@ -134,7 +134,7 @@ class Pipeline:
         # Meters and customers checked against Stripe before sending (None: nothing is checked).
         self.admission = Admission(settings, watch)
         # Pre-aggregated topics (TOPIC_<T>_AGGREGATE): their meters' formulas were read before the start.
-        self._aggregating = Aggregating(settings, self.identity, aggregate_formulas or {})
+        self._aggregating = Aggregating(settings, self.identity, aggregate_meters or {})
         self._releases_seen = 0
         self._holds = TopicHolds(self._tracker, self.flow)
         self.rebalance = Rebalancer(
@@ -222,6 +222,8 @@ class Pipeline:
             if self._aggregating.active:
                 for offsets, closing in self._aggregating.due(now):
                     self._send_segments([closing], offsets, now)
+                for offsets, closing in self._aggregating.released():
+                    self._emit_segment(closing, offsets, now)
                 held = self._aggregating.held
             # Records waiting for a customer lookup or in aggregation segments have bounds of their own:
             # they must not stop reading.
@@ -281,13 +283,13 @@ class Pipeline:
                 event = map_value(
                     message.value(), topic, partition, offset, kafka_timestamp_ms(message), now_ms
                 )
+                if run is not None:
+                    closed = self._aggregating.add(run, event, offset, now)
+                    if closed:
+                        self._send_segments(closed, offsets, now)
+                    continue
             except RecordRejected as exc:
                 self._reject(message, exc, offsets, run, now)
-                continue
-            if run is not None:
-                closed = self._aggregating.add(run, event, offset, now)
-                if closed:
-                    self._send_segments(closed, offsets, now)
                 continue
             item = _new_item((event, message, offsets))
             if (
@@ -406,18 +408,23 @@ class Pipeline:
     # ----------------------------------------------------------------- pre-aggregation
 
     def _send_segments(self, closed: Sequence[Flush], offsets: PartitionOffsets, now: float) -> None:
-        """Hand closed segments' events to the batcher (``Aggregating.items`` fixes each range first)."""
-        topic = self._topics[offsets.topic]
-        namespace = self._mappers[topic.name].namespace or ""
-        add = self._batcher.add
+        """Hand closed segments' events to the batcher, those that may go now (``Aggregating.admit``)."""
         for closing in closed:
             self.telemetry.segment_closed(
                 closing.reason, closing.segment.records, len(closing.segment.aggregates)
             )
-            for item in self._aggregating.items(offsets, closing, namespace, topic.stripe_context):
-                batch = add(item, now)
-                if batch is not None:
-                    self._submit(batch)
+        for closing in self._aggregating.admit(offsets, list(closed)):
+            self._emit_segment(closing, offsets, now)
+
+    def _emit_segment(self, closing: Flush, offsets: PartitionOffsets, now: float) -> None:
+        """Batch a closed segment's events (``Aggregating.items`` fixes its range first)."""
+        topic = self._topics[offsets.topic]
+        namespace = self._mappers[topic.name].namespace or ""
+        add = self._batcher.add
+        for item in self._aggregating.items(offsets, closing, namespace, topic.stripe_context):
+            batch = add(item, now)
+            if batch is not None:
+                self._submit(batch)
 
     def _aggregates_answered(self, items: list[Item], delivered: Sequence[int]) -> Sequence[int]:
         """Settle the delivered aggregates of a batch; returns the indices of its records' events."""

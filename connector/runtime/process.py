@@ -16,10 +16,12 @@ from confluent_kafka.admin import AdminClient
 
 from connector.avro.decoder import registry_lookup
 from connector.config.settings import Settings
+from connector.pipeline.aggregating import AggregatedMeter
 from connector.pipeline.identity import Identity, UsesNamespace
 from connector.pipeline.loop import Pipeline
 from connector.pipeline.sender_thread import BatchSender, OnBackoff
 from connector.pipeline.stripe_watch import watch_for
+from connector.pipeline.window_totals import WINDOW_SECONDS
 from connector.reports.worker import ErrorReportWorker
 from connector.runtime.logging import configure_logging
 from connector.runtime.metrics import Telemetry
@@ -56,7 +58,7 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
         return ContextSenders(settings.stripe, settings.sender, on_backoff=on_backoff, labelled=contexts)
 
     try:
-        formulas = aggregate_formulas(settings)
+        meters = aggregated_meters(settings)
     except StripeApiError as exc:
         log.error("fatal: cannot start: the meters of pre-aggregated topics cannot be read: %s", exc)
         return EXIT_FATAL
@@ -80,7 +82,7 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
         telemetry=telemetry,
         loop_factory=new_event_loop,
         watch=watch_for(settings, telemetry.customer_lookup, telemetry.meter_refresh),
-        aggregate_formulas=formulas,
+        aggregate_meters=meters,
     )
     telemetry.snapshot = pipeline.telemetry_snapshot
     reports = error_reports_for(settings, telemetry, pipeline.request_meter_refresh)
@@ -104,20 +106,33 @@ def run_one(settings: Settings, worker: int | None = None) -> int:
     return 0 if fatal is None else EXIT_FATAL
 
 
-def aggregate_formulas(settings: Settings) -> dict[str, str]:
-    """The meter formula of each pre-aggregated topic, read in its context before anything is consumed:
-    records are summed for ``sum`` meters and the latest kept for ``last`` ones (``count`` meters are
-    refused before this by ``run``'s preflight). A topic without an active meter sums (Stripe drops
-    its events anyway, and the admission pauses the topic)."""
+def aggregated_meters(settings: Settings) -> dict[str, AggregatedMeter]:
+    """The meter of each pre-aggregated topic, read in its context before anything is consumed: records
+    are summed for ``sum`` meters and the latest kept for ``last`` ones (``count`` meters are refused
+    before this by ``run``'s preflight), as running window totals for a meter with an
+    ``event_time_window``. A topic without an active meter sums (Stripe drops its events anyway, and
+    the admission pauses the topic)."""
     topics = [t for t in settings.topics if t.aggregate_s]
-    formulas: dict[str, str] = {}
+    found: dict[str, AggregatedMeter] = {}
     for context in dict.fromkeys(t.stripe_context for t in topics):
         with StripeClient.from_settings(settings.stripe, settings.sender, context=context) as client:
             meters = client.list_meters(status="active")
         for topic in (t for t in topics if t.stripe_context == context):
             meter = next((m for m in meters if m.event_name == topic.event_name), None)
-            formulas[topic.name] = "sum" if meter is None else meter.formula
-    return formulas
+            if meter is None:
+                found[topic.name] = AggregatedMeter()
+                continue
+            window = WINDOW_SECONDS.get(meter.event_time_window or "")
+            found[topic.name] = AggregatedMeter(meter.formula, window)
+            if window:
+                log.info(
+                    "%s: meter %s keeps the latest event per customer and %s: sending running %s totals",
+                    topic.name,
+                    meter.id,
+                    meter.event_time_window,
+                    meter.event_time_window,
+                )
+    return found
 
 
 def error_reports_for(
