@@ -4,14 +4,15 @@ before sent; records for windows no longer kept are refused the same way on ever
 
 from __future__ import annotations
 
+import json
 import random
 from decimal import Decimal
 
 import pytest
 
 from connector.errors import RecordRejected
-from connector.kafka.segments import decode_segments, segments_key
 from connector.kafka.delivery_ledger import LedgerKey
+from connector.kafka.segments import decode_segments, segments_key
 from connector.pipeline.aggregation import Fixed, Flush, PartitionAggregator, event_fields
 from connector.pipeline.identity import _beyond
 from connector.pipeline.window_totals import Snapshot
@@ -116,7 +117,6 @@ def test_snapshots_survive_the_ledger_and_its_pruning() -> None:
     )
     key = LedgerKey("ns", "api_calls", "topic-id", 3)
     ranges = [(0, 10, snapshot.encode()), (10, 20, snapshot.encode())]
-    import json
 
     value = json.dumps({"segments": [list(r) for r in ranges]}).encode()
     found = decode_segments(segments_key(key), value)
