@@ -374,7 +374,7 @@ def test_decimal_topics_are_named(
 
 
 @pytest.mark.parametrize("window", ["hour", "day"])
-def test_a_pre_aggregated_meter_fails_check_and_run_refuses_to_start(
+def test_a_pre_aggregated_meter_fails_check_and_run_refuses_to_start_unless_aggregated(
     setup: Callable[..., dict[str, str]],
     stripe_url: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -402,6 +402,12 @@ def test_a_pre_aggregated_meter_fails_check_and_run_refuses_to_start(
     assert result.returncode == 2, result.stderr
     assert "refusing to start" in result.stderr and f"{topic}: meter {meter_id}" in result.stderr
     assert f"event_time_window={window}" in result.stderr and "Traceback" not in result.stderr
+    assert "_AGGREGATE" in text  # the way out is named: pre-aggregated, it sends window totals
+    # Pre-aggregated, the topic sends running window totals: the same meter passes.
+    env[f"TOPIC_{topic_env_key(topic)}_AGGREGATE"] = "1m"
+    env["_TOPIC"] = topic
+    _, _, checks = run_check(env, monkeypatch, capsys)
+    assert checks["meters"][0] == "ok", checks["meters"]
 
 
 def test_check_and_run_read_compressed_answers(
