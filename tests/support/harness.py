@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -62,9 +63,15 @@ def usage(
 
 
 def produce(
-    bootstrap: str, topic: str, values: Iterable[tuple[bytes | None, bytes]], partitions: int
+    bootstrap: str,
+    topic: str,
+    values: Iterable[tuple[bytes | None, bytes]],
+    partitions: int,
+    *,
+    by_key: bool = False,
 ) -> dict[tuple[str, int], int]:
-    """Produce (key, value) pairs round-robin over partitions; returns end offsets from delivery reports."""
+    """Produce (key, value) pairs round-robin over partitions (``by_key``: each key always to the same
+    partition); returns end offsets from delivery reports."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 2000})
     ends: dict[tuple[str, int], int] = {}
     failures: list[str] = []
@@ -79,7 +86,8 @@ def produce(
     for n, (key, value) in enumerate(values):
         while True:
             try:
-                producer.produce(topic, value=value, key=key, partition=n % partitions, on_delivery=report)
+                partition = zlib.crc32(key or b"") % partitions if by_key else n % partitions
+                producer.produce(topic, value=value, key=key, partition=partition, on_delivery=report)
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -174,16 +182,15 @@ def stripe(url: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
 
 
-def create_meter(url: str, event_name: str = "api_requests", formula: str = "sum") -> str:
+def create_meter(
+    url: str, event_name: str = "api_requests", formula: str = "sum", window: str | None = None
+) -> str:
+    """A meter; ``window`` (hour, day): Stripe keeps the latest event per customer and window."""
+    form = {"display_name": event_name, "event_name": event_name, "default_aggregation[formula]": formula}
+    if window is not None:
+        form["event_time_window"] = window
     with stripe(url) as client:
-        response = client.post(
-            "/v1/billing/meters",
-            data={
-                "display_name": event_name,
-                "event_name": event_name,
-                "default_aggregation[formula]": formula,
-            },
-        )
+        response = client.post("/v1/billing/meters", data=form)
         response.raise_for_status()
         return str(response.json()["id"])
 

@@ -181,3 +181,99 @@ def test_rebalances_with_three_members_and_late_records_stay_exact(
         assert first.stop() == 0, first.log()
     httpx.post(f"{url}/_emulator/faults", json={"latency_ms": 0}, timeout=10).raise_for_status()  # reads
     assert minute_totals(url, meter, set(truth)) == truth
+
+
+def test_window_total_and_last_meters_are_exact_after_sigkills(
+    kafka_bootstrap: str,
+    emulator: Callable[..., str],
+    make_topic: Callable[..., str],
+    group_id: str,
+    tmp_path: Path,
+) -> None:
+    # A meter with event_time_window=hour keeps only the latest event received per customer and hour:
+    # the connector must send running hour totals, in order, from exactly the totals the killed run had.
+    url = emulator(latency_ms=50)
+    # One stream request in ten fails (500) and is retried: a total sent again after a later one was
+    # accepted would replace it, unless each partition's next segment waits for the one before.
+    httpx.post(f"{url}/_emulator/faults", json={"error_rate": 0.1}, timeout=10).raise_for_status()
+    hourly_meter = create_meter(url, "api_hours", window="hour")
+    last_meter = create_meter(url, "seats", formula="last")
+    rng = random.Random(41)
+    hourly, latest = make_topic(partitions=4), make_topic(partitions=3)
+    for topic in (hourly, latest):
+        make_topic(partitions=1, name=f"{topic}.dlq")
+    start_ms = (int(time.time() * 1000) - 100 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+    pairs, by_minute = records(rng, 40_000, 200, start_ms, 90 * MINUTE_MS)  # crosses an hour boundary
+    hour_truth: Counter[tuple[str, int]] = Counter()
+    for (customer, minute), value in by_minute.items():
+        hour_truth[(customer, minute // 3600 * 3600)] += value
+    # Window totals need each customer's records in one partition (keyed by customer, as Kafka does).
+    ends = produce(kafka_bootstrap, hourly, pairs, 4, by_key=True)
+    last_pairs, last_truth = latest_values(rng, 15_000, 100, start_ms, 20 * MINUTE_MS)
+    ends |= produce(kafka_bootstrap, latest, last_pairs, 3)
+    names = {f"TOPIC_{topic_env_key(hourly)}_EVENT_NAME": "api_hours"}
+    names[f"TOPIC_{topic_env_key(latest)}_EVENT_NAME"] = "seats"
+    names |= {
+        f"TOPIC_{topic_env_key(latest)}_AGGREGATE": "1m",
+        f"TOPIC_{topic_env_key(latest)}_AGGREGATE_MAX_AGE": "1",
+    }
+    env = aggregated_env(
+        kafka_bootstrap,
+        url,
+        hourly,
+        group_id,
+        CONNECTOR_MAX_IN_FLIGHT="4",
+        KAFKA_GROUP_INSTANCE_ID=f"{group_id}-member",
+        **names,
+    )
+    env["CONNECTOR_TOPICS"] = f"{hourly},{latest}"
+    for _ in range(6):
+        with ConnectorProcess(env, tmp_path) as connector:
+            wait_until(lambda: "assigned" in connector.log(), 60, message="an assignment")
+            time.sleep(rng.uniform(0.0, 1.5))
+            accepted = emulator_stats(url)["events_accepted"]
+
+            def sending(accepted: int = accepted) -> bool:
+                more = emulator_stats(url)["events_accepted"] > accepted
+                return more or committed(kafka_bootstrap, group_id, ends) == ends
+
+            wait_until(sending, 60, 0.01, "events")
+            connector.kill()
+    with ConnectorProcess(env, tmp_path) as connector:
+        wait_until(lambda: "assigned" in connector.log(), 60, message="an assignment")
+        wait_until(lambda: committed(kafka_bootstrap, group_id, ends) == ends, 180, message="commits")
+        assert connector.stop() == 0, connector.log()
+        assert "sending running hour totals" in connector.log()
+    faults = {"latency_ms": 0, "error_rate": 0}
+    httpx.post(f"{url}/_emulator/faults", json=faults, timeout=10).raise_for_status()
+
+    got = Counter(
+        {
+            (customer, hour): meter_total(url, hourly_meter, customer, hour, hour + 3600 - 60)
+            for customer, hour in sorted(hour_truth)
+        }
+    )
+    assert got == hour_truth  # the latest event of each customer and hour is the whole hour
+    assert minute_totals(url, last_meter, set(last_truth)) == last_truth
+    print(f"\n55,000 records reached Stripe as {emulator_stats(url)['events_accepted']} events")
+
+
+def latest_values(
+    rng: random.Random, count: int, customers: int, start_ms: int, span_ms: int
+) -> tuple[list[tuple[bytes | None, bytes]], Counter[tuple[str, int]]]:
+    """``count`` records of a ``last`` meter, each at its own millisecond (a little out of order), and
+    the latest value per customer and minute."""
+    pairs = []
+    latest: dict[tuple[str, int], tuple[int, int]] = {}
+    times = [start_ms + n * (span_ms // count) for n in range(count)]
+    for n in range(0, count - 1, 2):  # neighbours swapped at random: out of order, never tied
+        if rng.random() < 0.5:
+            times[n], times[n + 1] = times[n + 1], times[n]
+    for at in times:
+        customer = f"cus_last{rng.randrange(customers):03d}"
+        value = rng.randint(1, 1000)
+        pairs.append((customer.encode(), encode(usage(customer, value, at))))
+        key = (customer, at // MINUTE_MS * 60)
+        if key not in latest or latest[key][0] < at:
+            latest[key] = (at, value)
+    return pairs, Counter({key: value for key, (_at, value) in latest.items()})
