@@ -19,6 +19,7 @@ import pytest
 from connector.commands.reconcile import reconcile
 from connector.config.environment import load_settings
 from connector.config.topics import topic_env_key
+from connector.devtools.broker import EmbeddedBroker
 from tests.support.harness import (
     API_KEY,
     ConnectorProcess,
@@ -181,6 +182,41 @@ def test_rebalances_with_three_members_and_late_records_stay_exact(
         assert first.stop() == 0, first.log()
     httpx.post(f"{url}/_emulator/faults", json={"latency_ms": 0}, timeout=10).raise_for_status()  # reads
     assert minute_totals(url, meter, set(truth)) == truth
+
+
+def test_a_broker_restart_mid_aggregation_stays_exact(
+    durable_broker: EmbeddedBroker,
+    emulator: Callable[..., str],
+    group_id: str,
+    tmp_path: Path,
+) -> None:
+    # The broker (SIGKILLed and restarted on the same storage) holds the records, the commits and the
+    # ledger's fixed ranges: segments being fixed, sent and committed across it must stay exact.
+    bootstrap = durable_broker.bootstrap_servers
+    url = emulator(latency_ms=30)
+    meter = create_meter(url)
+    rng = random.Random(53)
+    topic = f"agg-restart-{group_id}"
+    durable_broker.create_topics([topic], partitions=4)
+    durable_broker.create_topics([f"{topic}.dlq"], partitions=1)
+    start_ms = (int(time.time() * 1000) - 5 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+    pairs, truth = records(rng, 40_000, 200, start_ms, 4 * MINUTE_MS)
+    ends = produce(bootstrap, topic, pairs, 4)
+    env = aggregated_env(bootstrap, url, topic, group_id, CONNECTOR_MAX_IN_FLIGHT="2")
+
+    def done() -> int:
+        return sum(max(offset, 0) for offset in committed(bootstrap, group_id, ends).values())
+
+    with ConnectorProcess(env, tmp_path) as connector:
+        wait_until(lambda: "assigned" in connector.log(), 60, message="an assignment")
+        wait_until(lambda: done() > 0, 60, 0.05, "first commits")
+        durable_broker.restart()
+        left = sum(ends.values()) - done()
+        assert left > 0, "everything was committed before the broker restarted"
+        wait_until(lambda: committed(bootstrap, group_id, ends) == ends, 180, message="all commits")
+        assert connector.stop() == 0, connector.log()
+    httpx.post(f"{url}/_emulator/faults", json={"latency_ms": 0}, timeout=10).raise_for_status()
+    assert minute_totals(url, meter, set(truth)) == truth, durable_broker.log_tail()
 
 
 def test_window_total_and_last_meters_are_exact_after_sigkills(
