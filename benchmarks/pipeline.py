@@ -7,7 +7,12 @@ is the real sender (``ContextSenders`` → ``MeterEventSender``) against ``kafka
 N`` in a child process, or, with ``--latency-ms -1``, an instant stand-in that accepts every batch (the
 consumer thread alone).
 
-    python -m benchmarks.pipeline [--records 300000] [--latency-ms 50] [--repeat 3]
+    python -m benchmarks.pipeline [--records 300000] [--latency-ms 50] [--repeat 3] [--aggregate]
+    python -m benchmarks.pipeline --aggregate --profile   # where the consumer thread's time goes
+
+``--aggregate``: the records of ``benchmarks/aggregation.py`` (1,000 customers, whole values, one minute of
+event time, no attributes) through ``TOPIC_<T>_AGGREGATE=1m`` (segments closed by a 0.5 s age).
+``--profile``: one run under cProfile (the consumer thread), the top functions by own time.
 
 Prints records/s and CPU µs per record of the consumer thread, the sender thread and the process, per
 run. It leaves out what only a broker costs (librdkafka fetching, ``consume()`` building messages), so its
@@ -30,6 +35,7 @@ from typing import Any
 import fastavro
 from confluent_kafka import Message
 
+from benchmarks.aggregation import records as aggregation_records
 from benchmarks.e2e import records_now
 from connector.config.environment import load_settings
 from connector.config.topics import topic_env_key
@@ -137,12 +143,16 @@ class InstantSender:
         pass
 
 
-def build_messages(count: int) -> list[Any]:
-    values = []
-    for record in records_now(DISTINCT_VALUES):
-        buffer = io.BytesIO()
-        fastavro.schemaless_writer(buffer, SCHEMA, record)
-        values.append(buffer.getvalue())
+def build_messages(count: int, aggregate: bool = False) -> list[Any]:
+    if aggregate:  # the aggregation benchmark's records: encoded with the same schema
+        customers = [f"cus_{n:06d}" for n in range(1000)]
+        values = [value for _key, value in aggregation_records(DISTINCT_VALUES, customers)]
+    else:
+        values = []
+        for record in records_now(DISTINCT_VALUES):
+            buffer = io.BytesIO()
+            fastavro.schemaless_writer(buffer, SCHEMA, record)
+            values.append(buffer.getvalue())
     now_ms = int(time.time() * 1000)
     offsets = [0] * PARTITIONS
     messages = []
@@ -161,8 +171,13 @@ def build_messages(count: int) -> list[Any]:
     return messages
 
 
-def run_once(messages: list[Any], url: str | None) -> dict[str, float]:
+def run_once(messages: list[Any], url: str | None, aggregate: bool = False) -> dict[str, float]:
     env = connector_env("127.0.0.1:1", url or "http://127.0.0.1:1", [TOPIC], "bench-pipeline")
+    if aggregate:
+        env |= {
+            f"TOPIC_{topic_env_key(TOPIC)}_AGGREGATE": "1m",
+            f"TOPIC_{topic_env_key(TOPIC)}_AGGREGATE_MAX_AGE": "0.5",
+        }
     env.pop("CONNECTOR_COMMIT_INTERVAL_MS", None)  # the defaults, as in the end-to-end benchmark
     env.pop("CONNECTOR_LINGER_MS", None)
     env[f"TOPIC_{topic_env_key(TOPIC)}_DECIMAL_VALUES"] = "true"  # the records carry fractions
@@ -208,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--latency-ms", type=int, default=50, help="emulator latency; -1: instant stand-in")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--aggregate", action="store_true", help="pre-aggregated per minute")
+    parser.add_argument("--profile", action="store_true", help="one run under cProfile")
     args = parser.parse_args(argv)
-    messages = build_messages(args.records)
+    messages = build_messages(args.records, args.aggregate)
     tune_interpreter()
     emulator = None
     if args.latency_ms >= 0:
@@ -218,8 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f"emulator {args.latency_ms} ms away" if url else "instant stand-in sender"
     print(f"pipeline benchmark: {args.records:,} records, {where}, {os.cpu_count()} cores")
     try:
+        if args.profile:
+            profile(messages, url, args.aggregate)
+            return 0
         for run in range(args.repeat):
-            figures = run_once(messages, url)
+            figures = run_once(messages, url, args.aggregate)
             print(
                 f"  run {run + 1}: {figures['rate']:9,.0f} records/s; CPU µs/record: consumer thread "
                 f"{figures['consumer_us']:5.2f}, sender thread {figures['sender_us']:5.2f}, "
@@ -229,6 +249,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if emulator is not None:
             emulator.stop()
     return 0
+
+
+def profile(messages: list[Any], url: str | None, aggregate: bool) -> None:
+    """One run under cProfile (it sees the calling thread: the consumer thread)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    figures = run_once(messages, url, aggregate)
+    profiler.disable()
+    print(f"  profiled run: {figures['rate']:,.0f} records/s (slowed by the profiler)")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

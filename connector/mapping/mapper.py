@@ -26,6 +26,9 @@ Accessor = tuple[Callable[[dict[str, Any], Any], Any], Any]
 # What the rules take: (customer, value, timestamp, identifier, context, then one per payload field).
 _Fields = tuple[Any, ...]
 _Rules = Callable[[_Fields, str, int, int, "int | None", int], MeterEvent]
+# What a pre-aggregated topic needs of a record: customer, value (canonical text), event time (ms), the
+# payload without the customer and value.
+Parts = tuple[str, str, int, dict[str, str]]
 # tuple.__new__ is what MeterEvent(...) calls after a Python-level __new__ of its own.
 _new_event: Callable[[tuple[str, str, str, dict[str, str], str | None]], MeterEvent] = functools.partial(
     tuple.__new__, MeterEvent
@@ -104,7 +107,8 @@ def _plan(settings: TopicSettings, schema: avro_schema.Schema) -> _Plan:
         customer=customer,
         value=value,
         timestamp=timestamp,
-        identifier=accessor("identifier", settings.identifier_field),
+        # A pre-aggregated topic sums records whatever their own identifiers: they are not read.
+        identifier=None if settings.aggregate_s else accessor("identifier", settings.identifier_field),
         context=_accessor(settings.context_field) if settings.context_field else None,
         payload=tuple((path.rsplit(".", 1)[-1], *_accessor(path)) for path in payload_paths),
         payload_paths=tuple(payload_paths),
@@ -149,8 +153,11 @@ class Mapper:
         self._read_fields = None if project is None else self.decoder.fields_reader(project)
         # A single payload field that is a map of strings arrives from the compiled decoder as a new
         # dict of text: it becomes the payload itself instead of being checked and copied into one.
-        self._apply = _rules(self, adopt=False)
-        self._apply_projected = _rules(self, adopt=plan.adoptable)
+        self._apply: _Rules = _rules(self, adopt=False)
+        self._apply_projected: _Rules = _rules(self, adopt=plan.adoptable)
+        # Pre-aggregated topics: the same rules, stopped before the identifier and the event are made.
+        self._parts = _rules(self, adopt=False, parts=True)
+        self._parts_projected = _rules(self, adopt=plan.adoptable, parts=True)
 
     @property
     def projects_fields(self) -> bool:
@@ -203,6 +210,31 @@ class Mapper:
         except RecordRejected as exc:
             raise exc.at(Coordinates(topic, partition, offset)) from None
 
+    def map_parts(
+        self,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        kafka_timestamp_ms: int | None,
+        now_ms: int,
+    ) -> Parts:
+        """``map_value`` for a pre-aggregated topic: the same checks, the ``Parts`` an aggregate needs."""
+        try:
+            if self._read_fields is not None:
+                fields = self._read_fields(value)
+                if fields is not None:
+                    parts: Parts = self._parts_projected(
+                        fields, topic, partition, offset, kafka_timestamp_ms, now_ms
+                    )
+                    return parts
+            parts = self._parts(
+                self._extract(self._decode(value)), topic, partition, offset, kafka_timestamp_ms, now_ms
+            )
+            return parts
+        except RecordRejected as exc:
+            raise exc.at(Coordinates(topic, partition, offset)) from None
+
     def map(
         self, record: Mapping[str, Any], coordinates: Coordinates, kafka_timestamp_ms: int | None, now_ms: int
     ) -> MeterEvent:
@@ -249,8 +281,9 @@ class Mapper:
 # The mapping rules over the extracted values, as one closure over a topic's settings: the hot path
 # reads locals, not attributes, and calls out only for rare cases (errors, a new second or topic,
 # text values, payloads that are copied). ``adopt``: the one payload field is a new dict of text
-# (from the compiled decoder), taken over as the payload.
-def _rules(mapper: Mapper, adopt: bool) -> _Rules:
+# (from the compiled decoder), taken over as the payload. ``parts``: return the ``Parts`` of a
+# pre-aggregated record instead of an event (no identifier, no timestamp text).
+def _rules(mapper: Mapper, adopt: bool, parts: bool = False) -> Callable[..., Any]:
     """The closure that maps one record's extracted fields (see the comment above)."""
     settings, plan, seconds, context_of = mapper.settings, mapper._plan, mapper._seconds, mapper._context_of
     id_prefixes, too_far, prefix_for = mapper._id_prefixes, mapper._too_far, mapper._identifier_prefix
@@ -261,7 +294,7 @@ def _rules(mapper: Mapper, adopt: bool) -> _Rules:
 
     def apply(
         fields: _Fields, topic: str, partition: int, offset: int, kafka_ms: int | None, now_ms: int
-    ) -> MeterEvent:
+    ) -> Any:  # a MeterEvent, or the Parts of a pre-aggregated record
         customer, value = fields[0], fields[1]  # two names: no tuple is built
         timestamp = fields[2]
         identifier = fields[3]
@@ -286,6 +319,12 @@ def _rules(mapper: Mapper, adopt: bool) -> _Rules:
             millis = parse_time(timestamp, timestamp_field)
         if not now_ms - max_past_ms <= millis <= now_ms + max_future_ms:
             raise too_far(millis, now_ms, timestamp is None)
+        if parts:
+            rest = (fields[5] or {}) if adopt else copy_payload(fields)
+            if rest:  # as in an event: a copied entry never stands for the customer or the value
+                rest.pop(customer_key, None)
+                rest.pop(value_key, None)
+            return customer, value_text, millis, rest
         second, ms = divmod(millis, 1000)
         prefix = seconds.get(second)
         if prefix is None:

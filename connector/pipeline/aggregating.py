@@ -7,15 +7,14 @@ per customer and window, so a running total may go out only once the one before 
 
 from __future__ import annotations
 
-import calendar
 import json
-import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, NamedTuple, cast
 
 from connector.config.settings import Settings, TopicSettings
 from connector.errors import RecordRejected
+from connector.mapping.mapper import Parts
 from connector.mapping.timestamps import format_millis
 from connector.pipeline.aggregation import (
     Aggregate,
@@ -70,7 +69,6 @@ class Aggregating:
         # Records of closed segments not yet answered in full, per partition epoch.
         self._sent: dict[int, int] = {}
         self.max_records = settings.pipeline.aggregate_max_records
-        self._seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> unix seconds
         self._stamps: dict[int, str] = {}  # unix seconds -> RFC 3339 prefix
         self._late_released = 0  # late records counted by aggregators since dropped
 
@@ -102,24 +100,12 @@ class Aggregating:
             found = self._aggregators[id(offsets)] = (offsets, aggregator)
         return Run(found[1], topic.customer_key, topic.value_key)
 
-    def add(self, run: Run, event: MeterEvent, offset: int, now: float) -> list[Flush]:
-        """Add a mapped record's event to its partition's open segment (``RecordRejected``: a window
-        total no longer kept)."""
-        payload = event.payload
-        aggregator, customer_key, value_key = run
-        rest = (
-            ()
-            if len(payload) == 2
-            else tuple(sorted((k, v) for k, v in payload.items() if k != customer_key and k != value_key))
-        )
-        stamp = event.timestamp
-        second = self._seconds.get(stamp[:19])
-        if second is None:
-            second = self._seconds[stamp[:19]] = calendar.timegm(
-                time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")
-            )
-        millis = second * 1000 + int(stamp[20:23])
-        return aggregator.add(offset, payload[customer_key], payload[value_key], millis, rest, now)
+    def add(self, run: Run, parts: Parts, offset: int, now: float) -> list[Flush]:
+        """Add a mapped record (``Mapper.map_parts``) to its partition's open segment
+        (``RecordRejected``: a window total no longer kept)."""
+        customer, value, millis, payload = parts
+        rest = tuple(sorted(payload.items())) if payload else ()
+        return run.aggregator.add(offset, customer, value, millis, rest, now)
 
     def admit(self, offsets: PartitionOffsets, closed: list[Flush]) -> list[Flush]:
         """The closed segments that may be sent now: all of them, but for a window-total meter's partition

@@ -318,19 +318,21 @@ class Pipeline:
 
     def _run_of(
         self, topic: str, partition: int
-    ) -> tuple[PartitionOffsets, Callable[..., MeterEvent] | None, str | None, str | None, Run | None]:
+    ) -> tuple[PartitionOffsets, Callable[..., Any] | None, str | None, str | None, Run | None]:
         """What a run of one partition's records needs: its epoch, its topic's mapping (None for a
         corrections topic), the reason its meter does not take events now (None: it does), the payload
-        key to verify customers by, its aggregator (None: one event per record)."""
+        key to verify customers by, its aggregator (None: one event per record; else the mapping gives
+        ``Parts``)."""
         admission = self.admission
         mapper = self._mappers.get(topic)
         offsets = self._tracker.for_record(topic, partition)
+        run = self._aggregating.run(offsets) if self._aggregating.active else None
         return (
             offsets,
-            None if mapper is None else mapper.map_value,
+            None if mapper is None else mapper.map_parts if run is not None else mapper.map_value,
             admission.problem(topic),
             admission.customer_keys.get(topic) if admission.verify else None,
-            self._aggregating.run(offsets) if self._aggregating.active else None,
+            run,
         )
 
     def _admit(self, item: Item, now: float) -> bool:
