@@ -296,8 +296,7 @@ def _rules(mapper: Mapper, adopt: bool, parts: bool = False) -> Callable[..., An
         fields: _Fields, topic: str, partition: int, offset: int, kafka_ms: int | None, now_ms: int
     ) -> Any:  # a MeterEvent, or the Parts of a pre-aggregated record
         customer, value = fields[0], fields[1]  # two names: no tuple is built
-        timestamp = fields[2]
-        identifier = fields[3]
+        timestamp, identifier = fields[2], fields[3]
         if type(customer) is not str or not customer or customer.isspace():
             raise _no_customer(customer_field, customer)
         if type(value) is int and -MAX_EXACT < value < MAX_EXACT:
@@ -319,16 +318,14 @@ def _rules(mapper: Mapper, adopt: bool, parts: bool = False) -> Callable[..., An
             millis = parse_time(timestamp, timestamp_field)
         if not now_ms - max_past_ms <= millis <= now_ms + max_future_ms:
             raise too_far(millis, now_ms, timestamp is None)
-        if parts:
-            rest = (fields[5] or {}) if adopt else copy_payload(fields)
-            if rest:  # as in an event: a copied entry never stands for the customer or the value
-                rest.pop(customer_key, None)
-                rest.pop(value_key, None)
-            return customer, value_text, millis, rest
+        payload: dict[str, str] = (fields[5] or {}) if adopt else copy_payload(fields)
+        if parts:  # a pre-aggregated record: no identifier, no timestamp text
+            if payload:  # as in an event: a copied entry never stands for the customer or the value
+                payload.pop(customer_key, None)
+                payload.pop(value_key, None)
+            return customer, value_text, millis, payload
         second, ms = divmod(millis, 1000)
-        prefix = seconds.get(second)
-        if prefix is None:
-            prefix = second_prefix(seconds, second, timestamp_field)
+        prefix = seconds.get(second) or second_prefix(seconds, second, timestamp_field)
         if identifier is None:
             id_prefix = id_prefixes.get(topic)
             if id_prefix is None:
@@ -338,10 +335,6 @@ def _rules(mapper: Mapper, adopt: bool, parts: bool = False) -> Callable[..., An
                 raise MappingError(f"coordinates: {identifier!r} is too long", code="identifier_too_long")
         elif type(identifier) is not str or not identifier or len(identifier) > MAX_IDENTIFIER:
             raise _bad_identifier(identifier_field, identifier)
-        if adopt:
-            payload: dict[str, str] = fields[5] if fields[5] is not None else {}
-        else:
-            payload = copy_payload(fields)
         # Assigned last so a copied attribute can never replace the customer or the value.
         payload[customer_key] = customer
         payload[value_key] = value_text
