@@ -14,7 +14,6 @@ from typing import Any, NamedTuple, cast
 
 from connector.config.settings import Settings, TopicSettings
 from connector.errors import RecordRejected
-from connector.mapping.mapper import Parts
 from connector.mapping.timestamps import format_millis
 from connector.pipeline.aggregation import (
     Aggregate,
@@ -38,14 +37,6 @@ class AggregatedMeter(NamedTuple):
     window_s: int | None = None
 
 
-class Run(NamedTuple):
-    """What a run of one partition's records needs to aggregate them."""
-
-    aggregator: PartitionAggregator
-    customer_key: str
-    value_key: str
-
-
 class Answered(NamedTuple):
     """A segment Stripe answered in full: each aggregate with its refusal (None: accepted)."""
 
@@ -66,8 +57,6 @@ class Aggregating:
         # Window-total partitions: closed segments waiting for the one before to be answered.
         self._queues: dict[int, deque[Flush]] = {}
         self._current: dict[int, Flush] = {}
-        # Records of closed segments not yet answered in full, per partition epoch.
-        self._sent: dict[int, int] = {}
         self.max_records = settings.pipeline.aggregate_max_records
         self._stamps: dict[int, str] = {}  # unix seconds -> RFC 3339 prefix
         self._late_released = 0  # late records counted by aggregators since dropped
@@ -78,11 +67,12 @@ class Aggregating:
 
     @property
     def held(self) -> int:
-        """Records in segments not yet answered in full (they do not count toward the read buffer)."""
-        open_records = sum(a.open.records for _o, a in self._aggregators.values() if a.open is not None)
-        return open_records + sum(self._sent.values())
+        """Records in open segments: they do not count toward the read buffer (a segment may be open
+        for a whole window), ``CONNECTOR_AGGREGATE_MAX_RECORDS`` bounds them. Records of closed
+        segments count toward the read buffer until answered, so a slow Stripe stops the reading."""
+        return sum(a.open.records for _o, a in self._aggregators.values() if a.open is not None)
 
-    def run(self, offsets: PartitionOffsets) -> Run | None:
+    def run(self, offsets: PartitionOffsets) -> PartitionAggregator | None:
         """The aggregator of a partition epoch of an aggregated topic (made, with its plan, once)."""
         topic = self.topics.get(offsets.topic)
         if topic is None:
@@ -98,14 +88,7 @@ class Aggregating:
                 self._meters.get(topic.name, AggregatedMeter()).window_s,
             )
             found = self._aggregators[id(offsets)] = (offsets, aggregator)
-        return Run(found[1], topic.customer_key, topic.value_key)
-
-    def add(self, run: Run, parts: Parts, offset: int, now: float) -> list[Flush]:
-        """Add a mapped record (``Mapper.map_parts``) to its partition's open segment
-        (``RecordRejected``: a window total no longer kept)."""
-        customer, value, millis, payload = parts
-        rest = tuple(sorted(payload.items())) if payload else ()
-        return run.aggregator.add(offset, customer, value, millis, rest, now)
+        return found[1]
 
     def admit(self, offsets: PartitionOffsets, closed: list[Flush]) -> list[Flush]:
         """The closed segments that may be sent now: all of them, but for a window-total meter's partition
@@ -183,7 +166,6 @@ class Aggregating:
             # The aggregate stands where a record's message would: the loop tells them apart by type.
             items.append(Item(event, cast(Any, aggregate), offsets))
         segment.out = len(items)
-        self._sent[id(offsets)] = self._sent.get(id(offsets), 0) + segment.records
         return items
 
     def answered(
@@ -196,8 +178,6 @@ class Aggregating:
         if segment.out > 0:
             return None
         segment.settled = True
-        if id(offsets) in self._sent:
-            self._sent[id(offsets)] -= segment.records
         return Answered(offsets, segment.finished)
 
     def forget_released(self) -> None:
@@ -206,7 +186,6 @@ class Aggregating:
             if offsets.released:
                 self._late_released += self._aggregators[key][1].late
                 del self._aggregators[key]
-                self._sent.pop(key, None)
                 self._queues.pop(key, None)
                 self._current.pop(key, None)
 

@@ -161,12 +161,14 @@ class PartitionAggregator:
         customer: str,
         value: str,
         millis: int,
-        rest: tuple[tuple[str, str], ...],
+        payload: Mapping[str, str],
         now: float,
     ) -> list[Flush]:
-        """Take one mapped record; returns the segments it closed (a fixed end reached before it).
-        Raises ``RecordRejected`` (before anything changes) for a window whose total is no longer kept."""
+        """Take one mapped record (its payload without customer and value); returns the segments it
+        closed (a fixed end reached before it). Raises ``RecordRejected`` (before anything changes) for
+        a window whose total is no longer kept."""
         window = millis // 1000 // self.key_window_s * self.key_window_s
+        rest = tuple(sorted(payload.items())) if payload else ()
         totals = self.totals
         if totals is not None:
             if not totals.loaded:

@@ -40,8 +40,8 @@ from connector.kafka.deadletter import DeadLetterQueue
 from connector.mapping.corrections import CorrectionMapper
 from connector.mapping.mapper import Mapper
 from connector.pipeline.admission import Admission
-from connector.pipeline.aggregating import AggregatedMeter, Aggregating, Run, dead_letter_of
-from connector.pipeline.aggregation import Aggregate, Flush
+from connector.pipeline.aggregating import AggregatedMeter, Aggregating, dead_letter_of
+from connector.pipeline.aggregation import Aggregate, Flush, PartitionAggregator
 from connector.pipeline.batching import Batch, Batcher, Item
 from connector.pipeline.corrections import Corrected, CorrectionJob, Keys, StripePort, apply_correction
 from connector.pipeline.customers import Verdict
@@ -284,7 +284,7 @@ class Pipeline:
                     message.value(), topic, partition, offset, kafka_timestamp_ms(message), now_ms
                 )
                 if run is not None:
-                    closed = self._aggregating.add(run, event, offset, now)
+                    closed = run.add(offset, event[0], event[1], event[2], event[3], now)  # Parts
                     if closed:
                         self._send_segments(closed, offsets, now)
                     continue
@@ -303,22 +303,31 @@ class Pipeline:
                 self._submit(batch)
         self.progress.consumed += consumed
 
-    def _skip_delivered(self, offsets: PartitionOffsets, offset: int, run: Run | None, now: float) -> None:
+    def _skip_delivered(
+        self, offsets: PartitionOffsets, offset: int, run: PartitionAggregator | None, now: float
+    ) -> None:
         offsets.done(offset)
         offsets.skipped += 1
         if run is not None:  # it still lies in a segment's range: the segment's ends must not move
-            self._send_segments(run.aggregator.skip(offset, now), offsets, now)
+            self._send_segments(run.skip(offset, now), offsets, now)
 
     def _reject(
-        self, message: Any, error: RecordRejected, offsets: PartitionOffsets, run: Run | None, now: float
+        self,
+        message: Any,
+        error: RecordRejected,
+        offsets: PartitionOffsets,
+        run: PartitionAggregator | None,
+        now: float,
     ) -> None:
         self._dead_letter(KafkaRecord.from_message(message), error, offsets)
         if run is not None:
-            self._send_segments(run.aggregator.skip(message.offset(), now), offsets, now)
+            self._send_segments(run.skip(message.offset(), now), offsets, now)
 
     def _run_of(
         self, topic: str, partition: int
-    ) -> tuple[PartitionOffsets, Callable[..., Any] | None, str | None, str | None, Run | None]:
+    ) -> tuple[
+        PartitionOffsets, Callable[..., Any] | None, str | None, str | None, PartitionAggregator | None
+    ]:
         """What a run of one partition's records needs: its epoch, its topic's mapping (None for a
         corrections topic), the reason its meter does not take events now (None: it does), the payload
         key to verify customers by, its aggregator (None: one event per record; else the mapping gives

@@ -26,7 +26,7 @@ def test_records_sum_per_customer_window_and_payload() -> None:
     agg.add(0, "cus_a", "5", T0 + 1, (), now=0)
     agg.add(1, "cus_a", "7", T0 + 2, (), now=0)
     agg.add(2, "cus_b", "1", T0 + 3, (), now=0)
-    agg.add(3, "cus_a", "2.5", T0 + 4, (("region", "eu"),), now=0)
+    agg.add(3, "cus_a", "2.5", T0 + 4, {"region": "eu"}, now=0)
     agg.add(4, "cus_a", "1", T0 + MINUTE_MS, (), now=0)  # the next window
     segment = agg.open
     assert segment is not None and segment.records == 5

@@ -37,8 +37,8 @@ def sent(flush: Flush, formula: str = "sum") -> dict[tuple[str, int], str]:
 
 def test_each_segment_sends_the_running_total_of_the_hour() -> None:
     agg = aggregator()
-    agg.add(0, "cus_a", "5", T0 + 1, (("region", "eu"),), now=0)
-    agg.add(1, "cus_a", "7", T0 + 2, (("region", "us"),), now=0)  # one total per customer and hour
+    agg.add(0, "cus_a", "5", T0 + 1, {"region": "eu"}, now=0)
+    agg.add(1, "cus_a", "7", T0 + 2, {"region": "us"}, now=0)  # one total per customer and hour
     first = agg.close(2, "window")
     assert sent(first) == {("cus_a", T0 // 1000): "12"}
     agg.add(2, "cus_a", "1.5", T0 + MINUTE_MS, (), now=0)
