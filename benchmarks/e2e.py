@@ -14,7 +14,15 @@ recreated) before each so deduplication never makes a later contender cheap:
   the first ``--docs-records`` records (it is slow); its rate is measured over those;
 * ``kafka-stripe``: ``python -m connector run``, one process, default settings
   (``CONNECTOR_METRICS_PORT=0``, the default linger and commit interval);
-* ``workers``: the same with ``CONNECTOR_WORKERS=--workers``.
+* ``workers``: the same with ``CONNECTOR_WORKERS=--workers``;
+* ``aggregated``: ``kafka-stripe`` (one process) pre-aggregating per minute, on a topic of its own holding
+  ``--records`` records over 1,000 customers keyed by customer (as usage topics are), whole values, in
+  time order over 5 minutes of event time (``TOPIC_<T>_AGGREGATE=1m``, ``_AGGREGATE_GRACE=0``: the records
+  are in order; ``_AGGREGATE_MAX_AGE=2``: the last minute, which no later record closes, waits 2 s). Its
+  figures: stream requests against the ``kafka-stripe`` row's (the same number of records, one event
+  each), records/s while consuming (the connector's ``kafka_stripe_records_consumed_total``, polled, from
+  10% to 90% of the records: what one process can take in, as commits follow a minute behind) next to
+  the usual window figure, and a sample of customers' totals at Stripe checked against the records.
 
 A contender is done when its committed offsets reach the end offsets taken from the producer's delivery
 reports (Tansu's high watermark is wrong); it is then stopped with SIGTERM. Figures:
@@ -49,6 +57,8 @@ the functions it spends its time in.
 Targets (issue "Throughput"): at 50 ms, kafka-stripe in one process >= 50,000 events/s and >= 30x the
 Stripe-docs loop; at 0 ms, <= 18 µs CPU per event and CONNECTOR_WORKERS=2 >= 1.3x one process; peak
 RSS <= 150 MB per process with the backlog; p99 <= 1 s at a steady 5,000 events/s with Stripe 50 ms away.
+(Issue "Exact pre-aggregation"): at 50 ms, the aggregated connector >= 100x fewer stream requests than
+kafka-stripe and >= 150,000 records/s in one process.
 """
 # Over 400 lines: one self-contained benchmark script: contenders, process accounting, report.
 
@@ -81,15 +91,16 @@ import httpx
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from connector.config.topics import topic_env_key
-from connector.devtools.broker import EmbeddedBroker, die_with_parent
+from connector.devtools.broker import EmbeddedBroker, die_with_parent, free_port
 from connector.devtools.emulator import EmulatorProcess
 from connector.devtools.samples import WIDE_ATTRIBUTES, SampleRecords, random_customer_ids
 from tests.support.harness import API_KEY, connector_env, create_meter, encode, produce
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CEILING, DOCS, ONE, WORKERS = "ceiling", "docs", "kafka-stripe", "workers"
-CONTENDERS = (CEILING, DOCS, ONE, WORKERS)
+CEILING, DOCS, ONE, WORKERS, AGGREGATED = "ceiling", "docs", "kafka-stripe", "workers", "aggregated"
+CONTENDERS = (CEILING, DOCS, ONE, WORKERS, AGGREGATED)
+CONNECTORS = (ONE, WORKERS, AGGREGATED)  # the contenders that are kafka-stripe
 PARTITIONS = 8
 TOPIC = "usage-e2e"
 SESSION_TIMEOUT_MS = 6000  # Tansu: a group join waits half of it
@@ -121,6 +132,15 @@ TARGET_CPU_US = 18.0
 TARGET_WORKERS_GAIN = 1.3
 TARGET_RSS_MB = 150.0
 TARGET_P99_MS = 1000.0
+TARGET_FEWER_REQUESTS = 100.0
+TARGET_AGGREGATED_RATE = 150_000.0
+
+AGGREGATED_TOPIC = "usage-e2e-aggregated"
+AGGREGATED_CUSTOMERS = 1_000
+AGGREGATED_MINUTES = 5
+AGGREGATED_SETTINGS = {"AGGREGATE": "1m", "AGGREGATE_GRACE": "0", "AGGREGATE_MAX_AGE": "2"}
+CONSUMED_METRIC = "kafka_stripe_records_consumed_total"
+SAMPLED_CUSTOMERS = 20  # customers whose totals at Stripe are checked after the aggregated row
 
 # --quick: the backlog at 0 ms only (the steady run is at 50 ms), so the whole run takes under a minute.
 QUICK = {"records": 20_000, "docs_records": 4_000, "steady_seconds": 2.0, "steady_rate": 2_000}
@@ -156,6 +176,30 @@ def records_now(count: int, seed: int = 42, customers: int = CUSTOMERS) -> Itera
 
 def encode_all(records: Iterator[dict[str, Any]]) -> Iterator[tuple[bytes | None, bytes]]:
     return ((None, encode(record)) for record in records)
+
+
+def aggregation_records(
+    count: int, totals: Counter[str] | None = None, minutes: int = AGGREGATED_MINUTES
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """The aggregated contender's records: keyed by customer (1,000 of ``customer_ids()``), whole values,
+    in time order over ``minutes`` minutes ending three minutes ago; ``totals`` gets each customer's sum."""
+    rng = random.Random(7)
+    customers = customer_ids()[:AGGREGATED_CUSTOMERS]
+    start_ms = (int(time.time() * 1000) - (minutes + 3) * 60_000) // 60_000 * 60_000
+    span_ms = minutes * 60_000
+    for n in range(count):
+        customer = customers[rng.randrange(len(customers))]
+        value = rng.randint(1, 100)
+        if totals is not None:
+            totals[customer] += value
+        record = {
+            "identifier": None,
+            "stripe_customer_id": customer,
+            "value": value,
+            "timestamp": start_ms + n * span_ms // count,
+            "attributes": None,
+        }
+        yield customer.encode(), encode(record)
 
 
 # ----------------------------------------------------------------------------------- process trees
@@ -253,7 +297,7 @@ def contender_argv(name: str, bootstrap: str, url: str, topic: str, group: str) 
 
 
 def contender_env(
-    name: str, bootstrap: str, url: str, topic: str, group: str, workers: int
+    name: str, bootstrap: str, url: str, topic: str, group: str, workers: int, metrics_port: int = 0
 ) -> dict[str, str]:
     env = connector_env(bootstrap, url, [topic], group)
     # The records carry fractions: the emulated account has decimal values enabled, and the topic says so.
@@ -266,14 +310,16 @@ def contender_env(
         "CONNECTOR_ERROR_REPORTS_POLL_S",
     ):
         env.pop(variable, None)
-    env["CONNECTOR_METRICS_PORT"] = "0"
+    env["CONNECTOR_METRICS_PORT"] = str(metrics_port)
     # Every contender reads the same topic into a freshly reset emulator: each needs ledger marks of its
     # own, or the delivery ledger (on, as in production) would rightly skip what an earlier one delivered.
     env["CONNECTOR_LEDGER_NAMESPACE"] = f"bench-{name}-{group}"
     env["KAFKA_SESSION_TIMEOUT_MS"] = str(SESSION_TIMEOUT_MS)
     if name == WORKERS:
         env["CONNECTOR_WORKERS"] = str(workers)
-    if name in (ONE, WORKERS):
+    if name == AGGREGATED:
+        env.update({f"TOPIC_{topic_env_key(topic)}_{k}": v for k, v in AGGREGATED_SETTINGS.items()})
+    if name in CONNECTORS:
         env.update(CONNECTOR_OVERRIDES)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     return env
@@ -283,18 +329,26 @@ class Child:
     """A contender in a child process (dies with this process), its output in a log file."""
 
     def __init__(
-        self, name: str, bootstrap: str, url: str, topic: str, group: str, workers: int, log_dir: Path
+        self,
+        name: str,
+        bootstrap: str,
+        url: str,
+        topic: str,
+        group: str,
+        workers: int,
+        log_dir: Path,
+        metrics_port: int = 0,
     ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}-{group}.log"
-        if name in (ONE, WORKERS):
+        if name in CONNECTORS:
             argv = [sys.executable, "-m", "connector", "run"]
         else:
             argv = contender_argv(name, bootstrap, url, topic, group)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 argv,
-                env=contender_env(name, bootstrap, url, topic, group, workers),
+                env=contender_env(name, bootstrap, url, topic, group, workers, metrics_port),
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -352,6 +406,8 @@ class Row:
     p50_ms: float | None = None
     p99_ms: float | None = None
     late: int = 0  # steady run: records not at Stripe by the end
+    requests: int | None = None  # stream requests the emulator answered
+    consume_rate: float = 0.0  # records/s consumed from 10% to 90% (rows that expose metrics)
     load: tuple[float, float] = (0.0, 0.0)
     exit_code: int | None = None
 
@@ -373,9 +429,39 @@ def reset_emulator(url: str) -> None:
         created.raise_for_status()
 
 
-def emulator_counts(url: str) -> tuple[int, int]:
+def emulator_counts(url: str) -> tuple[int, int, int]:
+    """Events accepted, duplicates ignored and stream requests, at the emulator."""
     stats = httpx.get(f"{url}/_emulator/stats", timeout=300).json()  # validates the queue first
-    return int(stats["events_accepted"]), int(stats["duplicates_ignored"])
+    return int(stats["events_accepted"]), int(stats["duplicates_ignored"]), int(stats["stream_requests"])
+
+
+class ConsumedRate:
+    """Records/s consumed between 10% and 90% of ``total``, from the connector's metrics endpoint."""
+
+    def __init__(self, port: int, total: int) -> None:
+        self._url = f"http://127.0.0.1:{port}/metrics"
+        self._total = total
+        self._low: tuple[float, float] | None = None
+        self._high: tuple[float, float] | None = None
+
+    def poll(self, now: float) -> None:
+        if self._high is not None:
+            return
+        try:
+            text = httpx.get(self._url, timeout=1).text
+        except httpx.HTTPError:
+            return  # not serving yet
+        found = re.search(rf"^{CONSUMED_METRIC} (\S+)$", text, re.MULTILINE)
+        consumed = float(found.group(1)) if found else 0.0
+        if self._low is None and consumed >= 0.1 * self._total:
+            self._low = (now, consumed)
+        elif self._low is not None and consumed >= 0.9 * self._total:
+            self._high = (now, consumed)
+
+    def rate(self) -> float:
+        if self._low is None or self._high is None or self._high[0] <= self._low[0]:
+            return 0.0
+        return (self._high[1] - self._low[1]) / (self._high[0] - self._low[0])
 
 
 def run_backlog(
@@ -390,16 +476,19 @@ def run_backlog(
     log_dir: Path,
     timeout: float,
     on_window: Callable[[Child], Callable[[], None]] | None = None,
+    topic: str = TOPIC,
 ) -> Row:
-    """Run one contender over the pre-loaded topic until ``target`` records are committed (every record
-    for all but the docs loop), then SIGTERM it."""
+    """Run one contender over the pre-loaded ``topic`` until ``target`` records are committed (every
+    record for all but the docs loop), then SIGTERM it."""
     row = Row(scenario, name, latency_ms, expected=target, load=(load_average(), 0.0))
     reset_emulator(url)
     group = f"bench-{name}-{uuid.uuid4().hex[:8]}"
-    commits = Commits(bootstrap, group, TOPIC)
+    commits = Commits(bootstrap, group, topic)
     full = target >= sum(ends.values())
     started = time.monotonic()
-    child = Child(name, bootstrap, url, TOPIC, group, workers, log_dir)
+    port = free_port() if name == AGGREGATED else 0
+    consumed = ConsumedRate(port, target) if port else None
+    child = Child(name, bootstrap, url, topic, group, workers, log_dir, port)
     first: tuple[float, int, float] | None = None
     finish: Callable[[], None] | None = None
     next_rss = 0.0
@@ -417,6 +506,8 @@ def run_backlog(
                 child.tree.refresh()
                 child.tree.sample_rss()
                 next_rss = now + RSS_EVERY_S
+            if consumed is not None:
+                consumed.poll(now)
             offsets = commits.read()
             done_count = sum(offsets.values())
             if first is None and done_count > 0:
@@ -461,6 +552,7 @@ def run_backlog(
         row.exit_code, row.cpu_total_s = stop_counting(child)
         final = sum(commits.read().values())
         commits.close()
+        row.consume_rate = consumed.rate() if consumed is not None else 0.0
     row.rss_mb = child.tree.peak_mb()
     row.load = (row.load[0], load_average())
     if row.problem:
@@ -469,8 +561,10 @@ def run_backlog(
     if name == CEILING:
         row.ok = final == target
     else:
-        row.accepted, row.duplicates = emulator_counts(url)
-        if full:
+        row.accepted, row.duplicates, row.requests = emulator_counts(url)
+        if name == AGGREGATED:  # one event per customer, minute and segment: its totals are checked after
+            row.ok = final == target and 0 < row.accepted < target
+        elif full:
             row.ok = final == target and row.accepted == target
         else:
             # The docs loop commits after every accepted call, so what Stripe has is what is committed.
@@ -1031,6 +1125,27 @@ def verdicts(rows: list[Row], workers: int) -> list[str]:
                 f"{worst.peak_rss:.0f} MB ({worst.contender}, {worst.scenario})",
             )
         )
+    aggregated = find(AGGREGATED, 50)
+    if one50 and aggregated and one50.requests and aggregated.requests:
+        fewer = one50.requests / aggregated.requests
+        out.append(
+            line(
+                fewer >= TARGET_FEWER_REQUESTS,
+                f"50 ms: pre-aggregated >= {TARGET_FEWER_REQUESTS:.0f}x fewer stream requests than "
+                f"kafka-stripe: {fewer:.0f}x ({aggregated.requests:,} vs {one50.requests:,} for "
+                f"{aggregated.expected:,} records each)",
+            )
+        )
+    if aggregated:
+        rate = aggregated.consume_rate
+        out.append(
+            line(
+                rate >= TARGET_AGGREGATED_RATE,
+                f"50 ms: pre-aggregated one process >= {TARGET_AGGREGATED_RATE:,.0f} records/s: {rate:,.0f} "
+                f"consumed/s from 10% to 90% ({aggregated.rate:,.0f} committed/s over [first commit … "
+                f"done], {aggregated.expected / max(aggregated.wall_s, 1e-9):,.0f} spawn → done)",
+            )
+        )
     steady = find(ONE, 50, steady=True)
     if steady and steady.p99_ms is not None:
         out.append(
@@ -1151,27 +1266,35 @@ def main(argv: list[str]) -> int:
         ends = {p: end for (_topic, p), end in ends_by_key.items()}
         assert sum(ends.values()) == args.records, ends
         print(f"pre-loaded {args.records:,} records in {time.monotonic() - t:.1f} s", flush=True)
+        totals: Counter[str] = Counter()
+        aggregated_ends = (
+            preload_aggregated(broker, args.records, totals) if AGGREGATED in args.contenders else {}
+        )
 
         for latency in args.latencies:
             with EmulatorProcess(latency_ms=latency, decimal_values=True) as emulator:
                 for name in args.contenders:
                     target = docs_cap if name == DOCS else args.records
+                    aggregated = name == AGGREGATED
                     row = run_backlog(
                         name,
                         f"backlog, {latency:g} ms",
                         latency,
                         bootstrap,
                         emulator.url,
-                        ends,
+                        aggregated_ends if aggregated else ends,
                         target,
                         args.workers,
                         log_dir,
                         args.timeout,
+                        topic=AGGREGATED_TOPIC if aggregated else TOPIC,
                     )
+                    if aggregated and row.ok:
+                        check_totals(row, emulator.url, totals)
                     rows.append(row)
                     report_row(row)
 
-        steady_names = [c for c in args.contenders if c != CEILING]
+        steady_names = [c for c in args.contenders if c not in (CEILING, AGGREGATED)]
         if args.steady_seconds > 0 and steady_names:
             with ReceiptsEmulator(latency_ms=args.steady_latency_ms, decimal_values=True) as emulator:
                 for name in steady_names:
@@ -1246,6 +1369,40 @@ def main(argv: list[str]) -> int:
             )
         )
     return 0 if all_ok else 1
+
+
+def preload_aggregated(broker: EmbeddedBroker, count: int, totals: Counter[str]) -> dict[int, int]:
+    """The aggregated contender's topic, loaded with ``aggregation_records`` (keyed by customer)."""
+    broker.create_topics([AGGREGATED_TOPIC], partitions=PARTITIONS)
+    t = time.monotonic()
+    records = aggregation_records(count, totals)
+    ends_by_key = produce(broker.bootstrap_servers, AGGREGATED_TOPIC, records, PARTITIONS, by_key=True)
+    print(f"pre-loaded {count:,} records keyed by customer in {time.monotonic() - t:.1f} s", flush=True)
+    return {p: end for (_topic, p), end in ends_by_key.items()}
+
+
+def check_totals(row: Row, url: str, totals: Counter[str]) -> None:
+    """Stripe's total of a sample of customers, over the records' whole time range, against theirs."""
+    httpx.post(f"{url}/_emulator/faults", json={"latency_ms": 0}, timeout=10).raise_for_status()
+    now = int(time.time())
+    start, end = now - (AGGREGATED_MINUTES + 10) * 60, now + 60
+    meter = httpx.get(f"{url}/v1/billing/meters", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    meter_id = meter.json()["data"][0]["id"]
+    wrong = []
+    for customer in sorted(totals)[:SAMPLED_CUSTOMERS]:
+        summaries = httpx.get(
+            f"{url}/v1/billing/meters/{meter_id}/event_summaries",
+            params={"customer": customer, "start_time": start - start % 60, "end_time": end - end % 60},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=30,
+        ).json()["data"]
+        got = sum(item["aggregated_value"] for item in summaries)
+        if got != totals[customer]:
+            wrong.append(f"{customer}: {got} at Stripe, {totals[customer]} in the records")
+    httpx.post(f"{url}/_emulator/faults", json={"latency_ms": row.latency_ms}, timeout=10).raise_for_status()
+    if wrong:
+        row.ok = False
+        row.problem = "totals differ: " + "; ".join(wrong[:3])
 
 
 def report_row(row: Row) -> None:

@@ -10,8 +10,9 @@ consumer thread alone).
     python -m benchmarks.pipeline [--records 300000] [--latency-ms 50] [--repeat 3] [--aggregate]
     python -m benchmarks.pipeline --aggregate --profile   # where the consumer thread's time goes
 
-``--aggregate``: the records of ``benchmarks/aggregation.py`` (1,000 customers, whole values, one minute of
-event time, no attributes) through ``TOPIC_<T>_AGGREGATE=1m`` (segments closed by a 0.5 s age).
+``--aggregate``: the records of ``benchmarks/e2e.py``'s aggregated contender (1,000 customers keyed to
+partitions, whole values, five minutes of event time, in order) with its settings
+(``TOPIC_<T>_AGGREGATE=1m``...), handed out in chunks of one partition's records.
 ``--profile``: one run under cProfile (the consumer thread), the top functions by own time.
 
 Prints records/s and CPU µs per record of the consumer thread, the sender thread and the process, per
@@ -29,14 +30,14 @@ import os
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import fastavro
 from confluent_kafka import Message
 
-from benchmarks.aggregation import records as aggregation_records
-from benchmarks.e2e import records_now
+from benchmarks.e2e import AGGREGATED_SETTINGS, aggregation_records, records_now
 from connector.config.environment import load_settings
 from connector.config.topics import topic_env_key
 from connector.devtools.emulator import EmulatorProcess
@@ -144,15 +145,13 @@ class InstantSender:
 
 
 def build_messages(count: int, aggregate: bool = False) -> list[Any]:
-    if aggregate:  # the aggregation benchmark's records: encoded with the same schema
-        customers = [f"cus_{n:06d}" for n in range(1000)]
-        values = [value for _key, value in aggregation_records(DISTINCT_VALUES, customers)]
-    else:
-        values = []
-        for record in records_now(DISTINCT_VALUES):
-            buffer = io.BytesIO()
-            fastavro.schemaless_writer(buffer, SCHEMA, record)
-            values.append(buffer.getvalue())
+    if aggregate:
+        return aggregated_messages(count)
+    values = []
+    for record in records_now(DISTINCT_VALUES):
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, SCHEMA, record)
+        values.append(buffer.getvalue())
     now_ms = int(time.time() * 1000)
     offsets = [0] * PARTITIONS
     messages = []
@@ -171,13 +170,35 @@ def build_messages(count: int, aggregate: bool = False) -> list[Any]:
     return messages
 
 
+def aggregated_messages(count: int, chunk: int = 500) -> list[Any]:
+    """``benchmarks.e2e``'s aggregated records, each customer's in one partition, handed out in chunks of
+    one partition's records as librdkafka's ``consume()`` returns them."""
+    now_ms = int(time.time() * 1000)
+    by_partition: list[list[Any]] = [[] for _ in range(PARTITIONS)]
+    for key, value in aggregation_records(count):
+        records = by_partition[zlib.crc32(key or b"") % PARTITIONS]
+        message = Message(topic=TOPIC, partition=0, offset=len(records), value=value, timestamp=(1, now_ms))
+        records.append(message)
+    messages = []
+    for start in range(0, max(len(r) for r in by_partition), chunk):
+        for partition, records in enumerate(by_partition):
+            for message in records[start : start + chunk]:
+                messages.append(
+                    Message(
+                        topic=TOPIC,
+                        partition=partition,
+                        offset=message.offset(),
+                        value=message.value(),
+                        timestamp=(1, now_ms),
+                    )
+                )
+    return messages
+
+
 def run_once(messages: list[Any], url: str | None, aggregate: bool = False) -> dict[str, float]:
     env = connector_env("127.0.0.1:1", url or "http://127.0.0.1:1", [TOPIC], "bench-pipeline")
     if aggregate:
-        env |= {
-            f"TOPIC_{topic_env_key(TOPIC)}_AGGREGATE": "1m",
-            f"TOPIC_{topic_env_key(TOPIC)}_AGGREGATE_MAX_AGE": "0.5",
-        }
+        env |= {f"TOPIC_{topic_env_key(TOPIC)}_{k}": v for k, v in AGGREGATED_SETTINGS.items()}
     env.pop("CONNECTOR_COMMIT_INTERVAL_MS", None)  # the defaults, as in the end-to-end benchmark
     env.pop("CONNECTOR_LINGER_MS", None)
     env[f"TOPIC_{topic_env_key(TOPIC)}_DECIMAL_VALUES"] = "true"  # the records carry fractions
