@@ -71,13 +71,20 @@ class Reader:
         return number
 
     def number(
-        self, name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None
+        self,
+        name: str,
+        default: float,
+        *,
+        minimum: float = 0.0,
+        maximum: float | None = None,
+        inclusive: bool = False,
     ) -> float:
-        """A finite float greater than ``minimum`` (and at most ``maximum``)."""
+        """A finite float above ``minimum`` (or equal to it, ``inclusive``; at most ``maximum``)."""
         value = self.raw(name)
         if value is None:
             return default
-        bounds = f"> {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
+        low = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        bounds = low + (f" and <= {maximum:g}" if maximum is not None else "")
         try:
             number = float(value)
         except ValueError:
@@ -85,7 +92,8 @@ class Reader:
         if not math.isfinite(number):
             self.problem(f"{name} must be a number {bounds}, not {show(value)}")
             return default
-        if number <= minimum or (maximum is not None and number > maximum):
+        too_low = number < minimum if inclusive else number <= minimum
+        if too_low or (maximum is not None and number > maximum):
             self.problem(f"{name} must be a number {bounds}, not {value.strip()}")
             return default
         return number

@@ -263,7 +263,7 @@ def _read_aggregation(
 ) -> tuple[int | None, float, float]:
     """``TOPIC_<T>_AGGREGATE`` (the window), its grace and its maximum age."""
     value = reader.raw(prefix + "AGGREGATE")
-    grace = reader.number(prefix + "AGGREGATE_GRACE", 10.0, minimum=0.0)
+    grace = reader.number(prefix + "AGGREGATE_GRACE", 10.0, minimum=0.0, inclusive=True)
     if value is None or not value.strip():
         for suffix in ("AGGREGATE_GRACE", "AGGREGATE_MAX_AGE"):
             if reader.raw(prefix + suffix) is not None:

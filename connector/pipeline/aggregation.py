@@ -177,6 +177,13 @@ class PartitionAggregator:
             rest = ()  # Stripe keeps one event per customer and window: other payload keys cannot split it
         closed = self._before(offset, now)
         segment = self.open
+        if segment is not None and segment.fixed_end is None:
+            ends = segment.open_windows_end
+            if ends is not None and ends + self.grace_ms <= millis:
+                # This record moves event time past a window's close: cut before it, so the segment
+                # holds no record of a later window that a cut after it would have swept in.
+                closed.append(self.close(offset, "window"))
+                segment = None
         if segment is None:
             segment = self.open = self._new_segment(offset, now)
         window_ms = millis // self.window_ms * self.window_ms

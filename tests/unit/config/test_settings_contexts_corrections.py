@@ -82,6 +82,11 @@ def test_aggregation_settings_and_their_problems(env: dict[str, str]) -> None:
     env |= {"TOPIC_USAGE_AGGREGATE": "15m", "TOPIC_USAGE_AGGREGATE_GRACE": "5"}
     usage = load_settings(env).topics[0]
     assert (usage.aggregate_s, usage.aggregate_grace_s, usage.aggregate_max_age_s) == (900, 5.0, 905.0)
+    env["TOPIC_USAGE_AGGREGATE_GRACE"] = "0"  # records in event-time order need no grace
+    assert load_settings(env).topics[0].aggregate_grace_s == 0.0
+    env["TOPIC_USAGE_AGGREGATE_GRACE"] = "-1"
+    assert any("AGGREGATE_GRACE must be a number >= 0, not -1" in p for p in problems_of(env))
+    env["TOPIC_USAGE_AGGREGATE_GRACE"] = "5"
     env |= {
         "TOPIC_USAGE_AGGREGATE": "7m",
         "TOPIC_USAGE_CONTEXT_FIELD": "tenant",

@@ -49,10 +49,14 @@ def test_a_segment_closes_when_its_earliest_window_closed_in_event_time_plus_gra
     agg.add(10, "cus_a", "1", T0 + 5, (), now=0)
     agg.add(11, "cus_a", "1", T0 + MINUTE_MS + 9_000, (), now=1)  # window end + 9 s: within the grace
     assert agg.due(now=2, next_offset=12) is None
-    agg.add(12, "cus_b", "1", T0 + MINUTE_MS + 10_000, (), now=3)
-    flush = agg.due(now=3, next_offset=13)
+    closed = agg.add(12, "cus_b", "1", T0 + MINUTE_MS + 10_000, (), now=3)  # cut before it
+    assert [(f.segment.start, f.segment.end, f.reason) for f in closed] == [(10, 12, "window")]
+    # A late record for an earlier window, added to the open segment once event time is past that
+    # window's close, closes it at the next check.
+    agg.add(13, "cus_c", "1", T0 + 5, (), now=4)
+    flush = agg.due(now=4, next_offset=14)
     assert flush is not None and flush.reason == "window"
-    assert (flush.segment.start, flush.segment.end) == (10, 13)
+    assert (flush.segment.start, flush.segment.end) == (12, 14)
     assert agg.open is None
 
 
@@ -120,3 +124,17 @@ def test_identifiers_fit_stripes_hundred_characters() -> None:
     key = ("cus_" + "x" * 200, 1_795_000_020, (("region", "y" * 300),))
     identifier = aggregate_identifier("A" * 22, 2**31 - 1, 2**63 - 2, 2**63 - 1, key)
     assert len(identifier) <= 100
+
+
+def test_a_record_past_a_windows_close_starts_the_next_segment() -> None:
+    agg = aggregator()
+    agg.add(0, "cus_a", "1", T0 + 1, {}, now=0)
+    agg.add(1, "cus_b", "1", T0 + MINUTE_MS + 9_999, {}, now=0)  # within the grace: same segment
+    closed = agg.add(2, "cus_a", "1", T0 + MINUTE_MS + 10_000, {}, now=0)  # the first minute closes
+    assert [(f.segment.start, f.segment.end, f.reason) for f in closed] == [(0, 2, "window")]
+    assert agg.open is not None and agg.open.start == 2 and list(agg.open.aggregates) == [
+        ("cus_a", T0 // 1000 + 60, ())
+    ]
+    replay = aggregator(plan=[(0, 2)])  # a fixed range is cut where it was fixed, whatever the times say
+    replay.add(0, "cus_a", "1", T0 + 1, {}, now=0)
+    assert replay.add(1, "cus_b", "1", T0 + 5 * MINUTE_MS, {}, now=0) == []
