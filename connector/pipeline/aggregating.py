@@ -20,6 +20,7 @@ from connector.pipeline.aggregation import (
     Fixed,
     Flush,
     PartitionAggregator,
+    Segment,
     aggregate_identifier,
     event_fields,
 )
@@ -57,6 +58,8 @@ class Aggregating:
         # Window-total partitions: closed segments waiting for the one before to be answered.
         self._queues: dict[int, deque[Flush]] = {}
         self._current: dict[int, Flush] = {}
+        # Records of closed segments not yet answered in full (queued or sent), per partition epoch.
+        self._unanswered: dict[int, int] = {}
         self.max_records = settings.pipeline.aggregate_max_records
         self._stamps: dict[int, str] = {}  # unix seconds -> RFC 3339 prefix
         self._late_released = 0  # late records counted by aggregators since dropped
@@ -67,9 +70,12 @@ class Aggregating:
 
     @property
     def held(self) -> int:
-        """Records in open segments: they do not count toward the read buffer (a segment may be open
-        for a whole window), ``CONNECTOR_AGGREGATE_MAX_RECORDS`` bounds them. Records of closed
-        segments count toward the read buffer until answered, so a slow Stripe stops the reading."""
+        """Records in segments, open or not yet answered, up to ``CONNECTOR_AGGREGATE_MAX_RECORDS``: they
+        do not count toward the read buffer (a segment may be open for a whole window). Beyond that
+        bound they do, so a Stripe too slow for the closed segments stops the reading."""
+        return min(self._open_records() + sum(self._unanswered.values()), self.max_records)
+
+    def _open_records(self) -> int:
         return sum(a.open.records for _o, a in self._aggregators.values() if a.open is not None)
 
     def run(self, offsets: PartitionOffsets) -> PartitionAggregator | None:
@@ -93,6 +99,8 @@ class Aggregating:
     def admit(self, offsets: PartitionOffsets, closed: list[Flush]) -> list[Flush]:
         """The closed segments that may be sent now: all of them, but for a window-total meter's partition
         one at a time, in order, each once the one before was answered (the rest wait here)."""
+        unanswered = self._unanswered.get(id(offsets), 0) + sum(f.segment.records for f in closed)
+        self._unanswered[id(offsets)] = unanswered
         if (
             offsets.topic not in self.topics
             or not self._meters.get(offsets.topic, AggregatedMeter()).window_s
@@ -127,7 +135,7 @@ class Aggregating:
             flush = aggregator.due(now, offsets.next_offset)
             if flush is not None:
                 closing.append((offsets, flush))
-        while self.held - sum(f.segment.records for _o, f in closing) > self.max_records:
+        while self._open_records() - sum(f.segment.records for _o, f in closing) > self.max_records:
             largest = self._largest_open()
             if largest is None:
                 break
@@ -151,6 +159,7 @@ class Aggregating:
         fixed it already); the items carry the aggregate where a record's message would be."""
         segment = flush.segment
         if not segment.aggregates:
+            self._settle(offsets, segment)
             return []
         assert segment.end is not None
         if segment.fixed_end is None:
@@ -177,7 +186,7 @@ class Aggregating:
         segment.out -= 1
         if segment.out > 0:
             return None
-        segment.settled = True
+        self._settle(offsets, segment)
         return Answered(offsets, segment.finished)
 
     def forget_released(self) -> None:
@@ -187,7 +196,14 @@ class Aggregating:
                 self._late_released += self._aggregators[key][1].late
                 del self._aggregators[key]
                 self._queues.pop(key, None)
+                self._unanswered.pop(key, None)
                 self._current.pop(key, None)
+
+    def _settle(self, offsets: PartitionOffsets, segment: Segment) -> None:
+        """A closed segment answered in full (or with nothing to send)."""
+        segment.settled = True
+        if id(offsets) in self._unanswered:
+            self._unanswered[id(offsets)] -= segment.records
 
     def open_aggregates(self) -> int:
         return sum(len(a.open.aggregates) for _o, a in self._aggregators.values() if a.open is not None)
