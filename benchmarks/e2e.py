@@ -407,6 +407,7 @@ class Row:
     p99_ms: float | None = None
     late: int = 0  # steady run: records not at Stripe by the end
     requests: int | None = None  # stream requests the emulator answered
+    broker_cpu_us: float = 0.0  # the broker's CPU per record over the window
     consume_rate: float = 0.0  # records/s consumed from 10% to 90% (rows that expose metrics)
     load: tuple[float, float] = (0.0, 0.0)
     exit_code: int | None = None
@@ -419,6 +420,7 @@ class Row:
 # The customers the records name (customer_ids()), created after every reset: the connector checks them
 # before sending (CONNECTOR_VERIFY_CUSTOMERS) and lists them into its cache at start, as at a real Stripe.
 BENCH_CUSTOMERS: list[str] = []
+BROKER_PID: list[int] = []  # the embedded broker's process: its CPU is shown next to the contender's
 
 
 def reset_emulator(url: str) -> None:
@@ -490,6 +492,8 @@ def run_backlog(
     consumed = ConsumedRate(port, target) if port else None
     child = Child(name, bootstrap, url, topic, group, workers, log_dir, port)
     first: tuple[float, int, float] | None = None
+    broker = ProcessTree(BROKER_PID[0]) if BROKER_PID else None
+    broker_cpu0 = 0.0
     finish: Callable[[], None] | None = None
     next_rss = 0.0
     try:
@@ -513,6 +517,7 @@ def run_backlog(
             if first is None and done_count > 0:
                 child.tree.refresh()
                 first = (now, done_count, child.tree.cpu_seconds())
+                broker_cpu0 = broker_cpu(broker)
                 if on_window is not None:
                     finish = on_window(child)
             complete = (
@@ -541,6 +546,8 @@ def run_backlog(
                 row.window_events = done_count - c0
                 row.rate = row.window_events / max(row.window_s, 1e-9)
                 row.cpu_us = (cpu - cpu0) / max(row.window_events, 1) * 1e6
+                if row.window != "spawn→done":
+                    row.broker_cpu_us = (broker_cpu(broker) - broker_cpu0) / max(row.window_events, 1) * 1e6
                 row.wall_s = now - started
                 row.committed = done_count
                 break
@@ -575,6 +582,13 @@ def run_backlog(
         row.ok = False
         row.problem += f" exit status {row.exit_code}:\n{child.log_tail()}"
     return row
+
+
+def broker_cpu(broker: ProcessTree | None) -> float:
+    if broker is None:
+        return 0.0
+    broker.refresh()
+    return broker.cpu_seconds()
 
 
 def stop_counting(child: Child) -> tuple[int, float]:
@@ -1260,6 +1274,7 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
+        BROKER_PID[:] = [broker.pid] if broker.pid is not None else []
         broker.create_topics([TOPIC], partitions=PARTITIONS)
         t = time.monotonic()
         ends_by_key = produce(bootstrap, TOPIC, encode_all(records_now(args.records)), PARTITIONS)
@@ -1410,7 +1425,8 @@ def report_row(row: Row) -> None:
     latency = f", p50 {fmt_ms(row.p50_ms)} ms, p99 {fmt_ms(row.p99_ms)} ms" if row.p50_ms is not None else ""
     print(
         f"  {row.scenario:<22} {row.contender:<13} {row.rate:>9,.0f} events/s over {row.window_s:5.1f} s, "
-        f"{row.cpu_us:6.1f} µs CPU/event, peak RSS {row.peak_rss:4.0f} MB{latency}, "
+        f"{row.cpu_us:6.1f} µs CPU/event (broker {row.broker_cpu_us:4.1f}), "
+        f"peak RSS {row.peak_rss:4.0f} MB{latency}, "
         f"committed {row.committed:,}, at Stripe {'—' if row.accepted is None else row.accepted}; {status}",
         flush=True,
     )

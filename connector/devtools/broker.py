@@ -257,6 +257,11 @@ class EmbeddedBroker:
         return self.log_dir / "tansu.log"
 
     @property
+    def pid(self) -> int | None:
+        """The Tansu process's id while it runs (benchmarks count its CPU)."""
+        return self._tansu.pid if self._tansu is not None else None
+
+    @property
     def running(self) -> bool:
         """Tansu is up, and so is its S3 store if durable."""
         alive = self._tansu is not None and self._tansu.poll() is None
