@@ -65,6 +65,7 @@ CONSUME_BATCH = 500  # records per consume() call: amortises the C call, bounded
 # librdkafka's local fetch queue, all partitions together: ~50,000 records of the default schema, i.e.
 # seconds of input, refilled in milliseconds while it drains.
 PREFETCH_KBYTES = 4096
+FETCH_QUEUE_BACKOFF_MS = 20  # the next fetch after the prefetch queue was full (see _open)
 POLL_TIMEOUT_S = 0.1  # the longest consume() or completion wait: bounds how late a stop or a commit is
 
 # Item(...) without NamedTuple's Python-level __new__: one item is made per record.
@@ -183,6 +184,9 @@ class Pipeline:
         # librdkafka prefetches up to 64 MB by default whatever our buffer limit says; a smaller
         # prefetch keeps memory flat with a large backlog and still holds seconds of records.
         consumer_config.setdefault("queued.max.messages.kbytes", str(PREFETCH_KBYTES))
+        # Once that queue is full librdkafka waits fetch.queue.backoff.ms (1 s by default) before it
+        # fetches again: a queue drained in less than that leaves the consumer idle, waiting for records.
+        consumer_config.setdefault("fetch.queue.backoff.ms", str(FETCH_QUEUE_BACKOFF_MS))
         self._consumer = self._consumer_factory(consumer_config)
         self.flow.attach(self._consumer)
         self._holds.attach(self._consumer)

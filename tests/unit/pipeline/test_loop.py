@@ -154,3 +154,27 @@ def test_the_senders_backoff_signal_pauses_the_partitions() -> None:
     assert pipeline.run() is None
     assert consumer.calls[:1] == ["pause"]
     assert consumer.committed_positions() == {("usage", 0): 100}
+
+
+@pytest.mark.parametrize(("env", "backoff"), [({}, "20"), ({"KAFKA_FETCH_QUEUE_BACKOFF_MS": "500"}, "500")])
+def test_the_consumer_prefetches_little_and_refills_it_soon(env: dict[str, str], backoff: str) -> None:
+    configs: list[dict[str, Any]] = []
+    box: list[Pipeline] = []
+    consumer = Consumer(partitions=(0,), script=stop_once_delivered(box, messages(0, range(5)), 5))
+    chosen = settings(**env)
+
+    def consumer_factory(config: dict[str, Any]) -> Consumer:
+        configs.append(config)
+        return consumer
+
+    pipeline = Pipeline(
+        chosen,
+        Sender().factory,
+        lambda mappers: StaticIdentity(mappers, {t.name: "TopicIdOfUsage00000001" for t in chosen.topics}),
+        consumer_factory=consumer_factory,
+        producer_factory=lambda _config: Producer(),
+    )
+    box.append(pipeline)
+    assert pipeline.run() is None
+    assert configs[0]["queued.max.messages.kbytes"] == "4096"
+    assert configs[0]["fetch.queue.backoff.ms"] == backoff
