@@ -94,7 +94,16 @@ from connector.config.topics import topic_env_key
 from connector.devtools.broker import EmbeddedBroker, die_with_parent, free_port
 from connector.devtools.emulator import EmulatorProcess
 from connector.devtools.samples import WIDE_ATTRIBUTES, SampleRecords, random_customer_ids
-from tests.support.harness import API_KEY, connector_env, create_meter, encode, produce
+from tests.support.faults import set_faults
+from tests.support.harness import (
+    API_KEY,
+    connector_env,
+    create_meter,
+    encode,
+    meter_total,
+    produce,
+    stripe,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -1398,23 +1407,16 @@ def preload_aggregated(broker: EmbeddedBroker, count: int, totals: Counter[str])
 
 def check_totals(row: Row, url: str, totals: Counter[str]) -> None:
     """Stripe's total of a sample of customers, over the records' whole time range, against theirs."""
-    httpx.post(f"{url}/_emulator/faults", json={"latency_ms": 0}, timeout=10).raise_for_status()
+    set_faults(url, latency_ms=0)
     now = int(time.time())
-    start, end = now - (AGGREGATED_MINUTES + 10) * 60, now + 60
-    meter = httpx.get(f"{url}/v1/billing/meters", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
-    meter_id = meter.json()["data"][0]["id"]
+    with stripe(url) as client:
+        meter_id = client.get("/v1/billing/meters").json()["data"][0]["id"]
     wrong = []
     for customer in sorted(totals)[:SAMPLED_CUSTOMERS]:
-        summaries = httpx.get(
-            f"{url}/v1/billing/meters/{meter_id}/event_summaries",
-            params={"customer": customer, "start_time": start - start % 60, "end_time": end - end % 60},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-            timeout=30,
-        ).json()["data"]
-        got = sum(item["aggregated_value"] for item in summaries)
+        got = meter_total(url, meter_id, customer, now - (AGGREGATED_MINUTES + 10) * 60, now)
         if got != totals[customer]:
             wrong.append(f"{customer}: {got} at Stripe, {totals[customer]} in the records")
-    httpx.post(f"{url}/_emulator/faults", json={"latency_ms": row.latency_ms}, timeout=10).raise_for_status()
+    set_faults(url, latency_ms=row.latency_ms)
     if wrong:
         row.ok = False
         row.problem = "totals differ: " + "; ".join(wrong[:3])

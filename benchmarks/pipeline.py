@@ -174,25 +174,15 @@ def aggregated_messages(count: int, chunk: int = 500) -> list[Any]:
     """``benchmarks.e2e``'s aggregated records, each customer's in one partition, handed out in chunks of
     one partition's records as librdkafka's ``consume()`` returns them."""
     now_ms = int(time.time() * 1000)
-    by_partition: list[list[Any]] = [[] for _ in range(PARTITIONS)]
+    values: list[list[bytes]] = [[] for _ in range(PARTITIONS)]
     for key, value in aggregation_records(count):
-        records = by_partition[zlib.crc32(key or b"") % PARTITIONS]
-        message = Message(topic=TOPIC, partition=0, offset=len(records), value=value, timestamp=(1, now_ms))
-        records.append(message)
-    messages = []
-    for start in range(0, max(len(r) for r in by_partition), chunk):
-        for partition, records in enumerate(by_partition):
-            for message in records[start : start + chunk]:
-                messages.append(
-                    Message(
-                        topic=TOPIC,
-                        partition=partition,
-                        offset=message.offset(),
-                        value=message.value(),
-                        timestamp=(1, now_ms),
-                    )
-                )
-    return messages
+        values[zlib.crc32(key or b"") % PARTITIONS].append(value)
+    return [
+        Message(topic=TOPIC, partition=partition, offset=offset, value=value, timestamp=(1, now_ms))
+        for start in range(0, max(len(v) for v in values), chunk)
+        for partition, partition_values in enumerate(values)
+        for offset, value in enumerate(partition_values[start : start + chunk], start)
+    ]
 
 
 def run_once(messages: list[Any], url: str | None, aggregate: bool = False) -> dict[str, float]:

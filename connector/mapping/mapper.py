@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from typing import Any
+from typing import Any, TypeVar
 
 from connector.avro import schema as avro_schema
 from connector.avro.decoder import Decoder, SchemaLookup
@@ -29,6 +29,8 @@ _Rules = Callable[[_Fields, str, int, int, "int | None", int], MeterEvent]
 # What a pre-aggregated topic needs of a record: customer, value (canonical text), event time (ms), the
 # payload without the customer and value.
 Parts = tuple[str, str, int, dict[str, str]]
+R = TypeVar("R")
+_ValueMapper = Callable[[bytes | None, str, int, int, "int | None", int], R]
 # tuple.__new__ is what MeterEvent(...) calls after a Python-level __new__ of its own.
 _new_event: Callable[[tuple[str, str, str, dict[str, str], str | None]], MeterEvent] = functools.partial(
     tuple.__new__, MeterEvent
@@ -158,6 +160,11 @@ class Mapper:
         # Pre-aggregated topics: the same rules, stopped before the identifier and the event are made.
         self._parts = _rules(self, adopt=False, parts=True)
         self._parts_projected = _rules(self, adopt=plan.adoptable, parts=True)
+        # map_value(value, topic, partition, offset, kafka_timestamp_ms, now_ms): decode and map the value
+        # of the record at topic[partition]@offset, the pipeline's hot path (the pieces of a record,
+        # without making one). map_parts: the same checks for a pre-aggregated topic, giving ``Parts``.
+        self.map_value: _ValueMapper[MeterEvent] = _value_mapper(self, self._apply, self._apply_projected)
+        self.map_parts: _ValueMapper[Parts] = _value_mapper(self, self._parts, self._parts_projected)
 
     @property
     def projects_fields(self) -> bool:
@@ -187,53 +194,6 @@ class Mapper:
         return self.map_value(
             record.value, record.topic, record.partition, record.offset, record.timestamp_ms, now_ms
         )
-
-    def map_value(
-        self,
-        value: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        kafka_timestamp_ms: int | None,
-        now_ms: int,
-    ) -> MeterEvent:
-        """Decode and map the value of the record at ``topic[partition]@offset`` (the pipeline's hot
-        path: the pieces of a record, without making one)."""
-        try:
-            if self._read_fields is not None:
-                fields = self._read_fields(value)
-                if fields is not None:
-                    return self._apply_projected(fields, topic, partition, offset, kafka_timestamp_ms, now_ms)
-            return self._apply(
-                self._extract(self._decode(value)), topic, partition, offset, kafka_timestamp_ms, now_ms
-            )
-        except RecordRejected as exc:
-            raise exc.at(Coordinates(topic, partition, offset)) from None
-
-    def map_parts(
-        self,
-        value: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        kafka_timestamp_ms: int | None,
-        now_ms: int,
-    ) -> Parts:
-        """``map_value`` for a pre-aggregated topic: the same checks, the ``Parts`` an aggregate needs."""
-        try:
-            if self._read_fields is not None:
-                fields = self._read_fields(value)
-                if fields is not None:
-                    parts: Parts = self._parts_projected(
-                        fields, topic, partition, offset, kafka_timestamp_ms, now_ms
-                    )
-                    return parts
-            parts = self._parts(
-                self._extract(self._decode(value)), topic, partition, offset, kafka_timestamp_ms, now_ms
-            )
-            return parts
-        except RecordRejected as exc:
-            raise exc.at(Coordinates(topic, partition, offset)) from None
 
     def map(
         self, record: Mapping[str, Any], coordinates: Coordinates, kafka_timestamp_ms: int | None, now_ms: int
@@ -379,6 +339,26 @@ def _payload_copier(plan: _Plan) -> Callable[[_Fields], dict[str, str]]:
         return payload
 
     return copy_payload
+
+
+def _value_mapper(mapper: Mapper, apply: Callable[..., R], projected: Callable[..., R]) -> _ValueMapper[R]:
+    """Decode a record's value and apply ``apply`` to its fields (``projected`` to the fields the compiled
+    decoder hands over when every field used is a top-level one); rejections carry the coordinates."""
+    read_fields, decode, extract = mapper._read_fields, mapper._decode, mapper._extract
+
+    def map_value(
+        value: bytes | None, topic: str, partition: int, offset: int, kafka_ms: int | None, now_ms: int
+    ) -> R:
+        try:
+            if read_fields is not None:
+                fields = read_fields(value)
+                if fields is not None:
+                    return projected(fields, topic, partition, offset, kafka_ms, now_ms)
+            return apply(extract(decode(value)), topic, partition, offset, kafka_ms, now_ms)
+        except RecordRejected as exc:
+            raise exc.at(Coordinates(topic, partition, offset)) from None
+
+    return map_value
 
 
 def context_reader(settings: TopicSettings) -> Callable[[Any], str]:

@@ -75,6 +75,10 @@ class Aggregating:
         bound they do, so a Stripe too slow for the closed segments stops the reading."""
         return min(self._open_records() + sum(self._unanswered.values()), self.max_records)
 
+    def _meter(self, topic: str) -> AggregatedMeter:
+        """The topic's meter as read at start (a topic without an active meter sums)."""
+        return self._meters.get(topic, AggregatedMeter())
+
     def _open_records(self) -> int:
         return sum(a.open.records for _o, a in self._aggregators.values() if a.open is not None)
 
@@ -91,7 +95,7 @@ class Aggregating:
                 topic.aggregate_grace_s,
                 topic.aggregate_max_age_s,
                 self._identity.plan(offsets),
-                self._meters.get(topic.name, AggregatedMeter()).window_s,
+                self._meter(topic.name).window_s,
             )
             found = self._aggregators[id(offsets)] = (offsets, aggregator)
         return found[1]
@@ -101,10 +105,7 @@ class Aggregating:
         one at a time, in order, each once the one before was answered (the rest wait here)."""
         unanswered = self._unanswered.get(id(offsets), 0) + sum(f.segment.records for f in closed)
         self._unanswered[id(offsets)] = unanswered
-        if (
-            offsets.topic not in self.topics
-            or not self._meters.get(offsets.topic, AggregatedMeter()).window_s
-        ):
+        if not self._meter(offsets.topic).window_s:
             return closed
         self._queues.setdefault(id(offsets), deque()).extend(closed)
         return self._release(offsets)
@@ -165,7 +166,7 @@ class Aggregating:
         if segment.fixed_end is None:
             self._identity.fix_segment(offsets, Fixed(segment.start, segment.end, segment.snapshot))
         topic = self.topics[offsets.topic]
-        formula = self._meters.get(topic.name, AggregatedMeter()).formula
+        formula = self._meter(topic.name).formula
         items = []
         for key, aggregate in segment.aggregates.items():
             payload, millis = event_fields(aggregate, formula, topic.customer_key, topic.value_key)

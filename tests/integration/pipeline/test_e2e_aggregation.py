@@ -20,6 +20,7 @@ from connector.commands.reconcile import reconcile
 from connector.config.environment import load_settings
 from connector.config.topics import topic_env_key
 from connector.devtools.broker import EmbeddedBroker
+from tests.support.faults import set_faults
 from tests.support.harness import (
     API_KEY,
     ConnectorProcess,
@@ -76,6 +77,45 @@ def aggregated_env(bootstrap: str, url: str, topic: str, group: str, **extra: st
     return connector_env(bootstrap, url, [topic], group, **aggregation, **extra)
 
 
+def kill_mid_segment(
+    kills: int,
+    env: dict[str, str],
+    tmp_path: Path,
+    url: str,
+    bootstrap: str,
+    group: str,
+    ends: dict[tuple[str, int], int],
+    rng: random.Random,
+) -> None:
+    """Start the connector and SIGKILL it ``kills`` times, each once it owns partitions (a kill before the
+    assignment would test nothing), after a random moment of its work, and then as soon as Stripe accepts
+    events again: most likely in the middle of a segment, some of whose aggregates are at Stripe and some
+    not. A run that committed everything is killed at once."""
+    for _ in range(kills):
+        with ConnectorProcess(env, tmp_path) as connector:
+            wait_until(lambda: "assigned" in connector.log(), 60, message="an assignment")
+            time.sleep(rng.uniform(0.0, 1.5))
+            accepted = emulator_stats(url)["events_accepted"]
+
+            def sending(accepted: int = accepted) -> bool:
+                more = emulator_stats(url)["events_accepted"] > accepted
+                return more or committed(bootstrap, group, ends) == ends
+
+            wait_until(sending, 60, 0.01, "events")
+            connector.kill()
+
+
+def run_to_the_end(
+    env: dict[str, str], tmp_path: Path, bootstrap: str, group: str, ends: dict[tuple[str, int], int]
+) -> str:
+    """One more run until every record is committed, stopped with SIGTERM (exit 0); returns its log."""
+    with ConnectorProcess(env, tmp_path) as connector:
+        wait_until(lambda: "assigned" in connector.log(), 60, message="an assignment")  # signals handled
+        wait_until(lambda: committed(bootstrap, group, ends) == ends, 180, message="commits")
+        assert connector.stop() == 0, connector.log()
+        return connector.log()
+
+
 def test_aggregates_are_exact_per_customer_and_minute_across_ten_sigkills(
     kafka_bootstrap: str,
     emulator: Callable[..., str],
@@ -108,27 +148,9 @@ def test_aggregates_are_exact_per_customer_and_minute_across_ten_sigkills(
         # depend on timing, so only the fixed ranges make a replay cut where the first run did.
         CONNECTOR_AGGREGATE_MAX_RECORDS="40000",
     )
-    for _ in range(10):
-        with ConnectorProcess(env, tmp_path) as connector:
-            # Killed once it owns partitions (a kill before the assignment would test nothing), at a
-            # random moment of its work.
-            wait_until(lambda: "assigned" in connector.log(), 60, message="an assignment")
-            time.sleep(rng.uniform(0.0, 1.5))
-            # ... and then as soon as Stripe accepts events again: most likely in the middle of a
-            # segment, some of whose aggregates are at Stripe and some not.
-            accepted = emulator_stats(url)["events_accepted"]
-
-            def sending(accepted: int = accepted) -> bool:
-                more = emulator_stats(url)["events_accepted"] > accepted
-                return more or committed(kafka_bootstrap, group_id, ends) == ends
-
-            wait_until(sending, 60, 0.01, "events")
-            connector.kill()
-    httpx.post(f"{url}/_emulator/faults", json={"latency_ms": 0}, timeout=10).raise_for_status()
-    with ConnectorProcess(env, tmp_path) as connector:
-        wait_until(lambda: "assigned" in connector.log(), 60, message="an assignment")  # signals handled
-        wait_until(lambda: committed(kafka_bootstrap, group_id, ends) == ends, 180, message="commits")
-        assert connector.stop() == 0, connector.log()
+    kill_mid_segment(10, env, tmp_path, url, kafka_bootstrap, group_id, ends, rng)
+    set_faults(url, latency_ms=0)
+    run_to_the_end(env, tmp_path, kafka_bootstrap, group_id, ends)
 
     got = minute_totals(url, meter, set(truth))
     assert got == truth
@@ -180,7 +202,7 @@ def test_rebalances_with_three_members_and_late_records_stay_exact(
             wait_until(lambda: committed(kafka_bootstrap, group_id, ends) == ends, 150, message="commits")
             assert third.stop() == 0, third.log()
         assert first.stop() == 0, first.log()
-    httpx.post(f"{url}/_emulator/faults", json={"latency_ms": 0}, timeout=10).raise_for_status()  # reads
+    set_faults(url, latency_ms=0)  # reads
     assert minute_totals(url, meter, set(truth)) == truth
 
 
@@ -215,7 +237,7 @@ def test_a_broker_restart_mid_aggregation_stays_exact(
         assert left > 0, "everything was committed before the broker restarted"
         wait_until(lambda: committed(bootstrap, group_id, ends) == ends, 180, message="all commits")
         assert connector.stop() == 0, connector.log()
-    httpx.post(f"{url}/_emulator/faults", json={"latency_ms": 0}, timeout=10).raise_for_status()
+    set_faults(url, latency_ms=0)
     assert minute_totals(url, meter, set(truth)) == truth, durable_broker.log_tail()
 
 
@@ -231,7 +253,7 @@ def test_window_total_and_last_meters_are_exact_after_sigkills(
     url = emulator(latency_ms=50)
     # One stream request in ten fails (500) and is retried: a total sent again after a later one was
     # accepted would replace it, unless each partition's next segment waits for the one before.
-    httpx.post(f"{url}/_emulator/faults", json={"error_rate": 0.1}, timeout=10).raise_for_status()
+    set_faults(url, error_rate=0.1)
     hourly_meter = create_meter(url, "api_hours", window="hour")
     last_meter = create_meter(url, "seats", formula="last")
     rng = random.Random(41)
@@ -264,25 +286,10 @@ def test_window_total_and_last_meters_are_exact_after_sigkills(
         **names,
     )
     env["CONNECTOR_TOPICS"] = f"{hourly},{latest}"
-    for _ in range(4):  # each kill lands while Stripe accepts events: mid-segment
-        with ConnectorProcess(env, tmp_path) as connector:
-            wait_until(lambda: "assigned" in connector.log(), 60, message="an assignment")
-            time.sleep(rng.uniform(0.0, 1.5))
-            accepted = emulator_stats(url)["events_accepted"]
-
-            def sending(accepted: int = accepted) -> bool:
-                more = emulator_stats(url)["events_accepted"] > accepted
-                return more or committed(kafka_bootstrap, group_id, ends) == ends
-
-            wait_until(sending, 60, 0.01, "events")
-            connector.kill()
-    with ConnectorProcess(env, tmp_path) as connector:
-        wait_until(lambda: "assigned" in connector.log(), 60, message="an assignment")
-        wait_until(lambda: committed(kafka_bootstrap, group_id, ends) == ends, 180, message="commits")
-        assert connector.stop() == 0, connector.log()
-        assert "sending running hour totals" in connector.log()
-    faults = {"latency_ms": 0, "error_rate": 0}
-    httpx.post(f"{url}/_emulator/faults", json=faults, timeout=10).raise_for_status()
+    kill_mid_segment(4, env, tmp_path, url, kafka_bootstrap, group_id, ends, rng)
+    log = run_to_the_end(env, tmp_path, kafka_bootstrap, group_id, ends)
+    assert "sending running hour totals" in log
+    set_faults(url, latency_ms=0, error_rate=0)
 
     got = Counter(
         {
